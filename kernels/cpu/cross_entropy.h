@@ -1,0 +1,19 @@
+// Fused softmax + cross-entropy. The probabilities are never stored: when a gradient is asked
+// for, each logits row is overwritten in place by grad_scale * (softmax(row) - onehot(target)).
+#pragma once
+#include <cstdint>
+
+namespace dj::cpu {
+
+struct CrossEntropyResult {
+  double loss_sum = 0.0;  // sum of -log p(target) over counted rows, accumulated in double
+  int64_t count = 0;      // rows whose target is >= 0 (negative targets are ignored)
+};
+
+// logits [rows, vocab]; targets [rows] in [0, vocab) or negative to ignore. Ignored rows get a
+// zero gradient. Targets >= vocab throw dj::Error.
+template <typename T>
+CrossEntropyResult softmax_cross_entropy(T* logits, const int32_t* targets, int64_t rows,
+                                         int64_t vocab, bool write_gradient, T grad_scale);
+
+}  // namespace dj::cpu

@@ -1,0 +1,40 @@
+// The native checkpoint format: HDF5, readable with h5py.
+//
+// One file: root attributes `format` = "dijiang" (string), `format_version` = 1 (int64),
+// `config` (JSON string: the model config) and `metadata` (JSON string, may be "{}"); one dataset
+// per tensor at the root, named like the Hugging Face tensor (`gpt_neox.layers.0.mlp...`), in the
+// tensor's dtype (BF16 is stored as uint16 with a dataset attribute `dtype` = "BF16").
+//
+// A directory: shard files `shard-XXXXX-of-YYYYY.h5`, each a complete file of the layout above
+// holding a disjoint subset of the tensors and the same config, plus a `COMPLETE` marker written
+// last. Readers refuse a directory without the marker or with missing shards.
+//
+// Writes are atomic: a file is written under a temporary name in the same directory and renamed;
+// a directory is assembled under a temporary name and renamed.
+#pragma once
+#include <filesystem>
+
+#include <nlohmann/json.hpp>
+
+#include "trainer/checkpoint/tensor_map.h"
+
+namespace dj {
+
+inline constexpr int64_t kNativeFormatVersion = 1;
+
+struct NativeCheckpoint {
+  nlohmann::json config;
+  nlohmann::json metadata = nlohmann::json::object();
+  TensorMap tensors;
+};
+
+void write_native_checkpoint(const std::filesystem::path& file, const NativeCheckpoint& checkpoint);
+void write_native_checkpoint_directory(const std::filesystem::path& dir,
+                                       const NativeCheckpoint& checkpoint, int shards);
+// Accepts a file or a directory. Errors (not HDF5, wrong format attribute, newer version,
+// truncated file, missing shards) throw dj::Error naming the file.
+NativeCheckpoint read_native_checkpoint(const std::filesystem::path& path);
+// True for an HDF5 file (by signature) or a directory holding native shards.
+bool is_native_checkpoint(const std::filesystem::path& path);
+
+}  // namespace dj

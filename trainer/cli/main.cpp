@@ -1,0 +1,2 @@
+#include "kernels/backend.h"
+int main() { dj::select_backend(); return 0; }

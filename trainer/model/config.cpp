@@ -1,0 +1,114 @@
+#include "trainer/model/config.h"
+
+#include <cmath>
+
+#include "kernels/core/error.h"
+
+namespace dj {
+
+namespace {
+
+template <typename T>
+T field(const nlohmann::json& json, const char* key, const std::string& source, T fallback,
+        bool required) {
+  auto it = json.find(key);
+  if (it == json.end() || it->is_null()) {
+    if (required) fail("{}: missing field '{}'", source, key);
+    return fallback;
+  }
+  try {
+    if constexpr (std::is_same_v<T, bool>) {
+      if (!it->is_boolean()) throw nlohmann::json::type_error::create(302, "not a boolean", nullptr);
+    } else if constexpr (std::is_integral_v<T>) {
+      if (!it->is_number_integer()) throw nlohmann::json::type_error::create(302, "not an integer", nullptr);
+    } else if constexpr (std::is_floating_point_v<T>) {
+      if (!it->is_number()) throw nlohmann::json::type_error::create(302, "not a number", nullptr);
+    }
+    return it->get<T>();
+  } catch (const nlohmann::json::exception&) {
+    fail("{}: field '{}' has the wrong type ({})", source, key, it->dump());
+  }
+}
+
+}  // namespace
+
+int64_t ModelConfig::rotary_dims() const {
+  return static_cast<int64_t>(static_cast<double>(head_dim()) * rotary_pct);
+}
+
+cpu::GeluKind ModelConfig::gelu_kind() const {
+  return hidden_act == "gelu" ? cpu::GeluKind::Erf : cpu::GeluKind::Tanh;
+}
+
+int64_t ModelConfig::parameter_count() const {
+  const int64_t D = hidden_size, F = intermediate_size, bias = attention_bias ? 1 : 0;
+  const int64_t per_layer = 4 * D                      // two LayerNorms
+                            + 3 * D * D + 3 * D * bias  // query_key_value
+                            + D * D + D * bias          // dense
+                            + D * F + F + F * D + D;    // MLP
+  return vocab_size * D * (tie_word_embeddings ? 1 : 2) + num_layers * per_layer + 2 * D;
+}
+
+ModelConfig ModelConfig::from_hf_json(const nlohmann::json& json, const std::string& source) {
+  if (!json.is_object()) fail("{}: expected a JSON object", source);
+  const auto model_type = field<std::string>(json, "model_type", source, "gpt_neox", false);
+  if (model_type != "gpt_neox") fail("{}: model_type '{}' is not supported (expected gpt_neox)", source, model_type);
+  if (json.contains("rope_scaling") && !json["rope_scaling"].is_null())
+    fail("{}: rope_scaling is not supported", source);
+
+  ModelConfig c;
+  c.vocab_size = field<int64_t>(json, "vocab_size", source, 0, true);
+  c.hidden_size = field<int64_t>(json, "hidden_size", source, 0, true);
+  c.num_layers = field<int64_t>(json, "num_hidden_layers", source, 0, true);
+  c.num_heads = field<int64_t>(json, "num_attention_heads", source, 0, true);
+  c.intermediate_size = field<int64_t>(json, "intermediate_size", source, 4 * c.hidden_size, false);
+  c.max_position_embeddings = field<int64_t>(json, "max_position_embeddings", source, 2048, false);
+  c.rotary_pct = field<double>(json, "rotary_pct", source, 0.25, false);
+  c.rotary_emb_base = field<double>(json, "rotary_emb_base", source, 10000.0, false);
+  c.layer_norm_eps = field<double>(json, "layer_norm_eps", source, 1e-5, false);
+  c.use_parallel_residual = field<bool>(json, "use_parallel_residual", source, true, false);
+  c.tie_word_embeddings = field<bool>(json, "tie_word_embeddings", source, false, false);
+  c.attention_bias = field<bool>(json, "attention_bias", source, true, false);
+  c.hidden_act = field<std::string>(json, "hidden_act", source, "gelu", false);
+
+  if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.num_layers <= 0 || c.num_heads <= 0 ||
+      c.intermediate_size <= 0 || c.max_position_embeddings <= 0)
+    fail("{}: sizes must be positive", source);
+  if (c.hidden_size % c.num_heads != 0)
+    fail("{}: hidden_size {} is not divisible by num_attention_heads {}", source, c.hidden_size, c.num_heads);
+  if (!(c.rotary_pct >= 0.0 && c.rotary_pct <= 1.0)) fail("{}: rotary_pct must lie in [0, 1]", source);
+  if (c.rotary_dims() % 2 != 0)
+    fail("{}: rotary dimensions int(head_dim * rotary_pct) = {} must be even", source, c.rotary_dims());
+  if (!(c.rotary_emb_base > 0.0)) fail("{}: rotary_emb_base must be positive", source);
+  if (!(c.layer_norm_eps > 0.0)) fail("{}: layer_norm_eps must be positive", source);
+  if (c.hidden_act != "gelu" && c.hidden_act != "gelu_new" && c.hidden_act != "gelu_fast" &&
+      c.hidden_act != "gelu_pytorch_tanh")
+    fail("{}: hidden_act '{}' is not supported (gelu, gelu_new, gelu_fast, gelu_pytorch_tanh)",
+         source, c.hidden_act);
+  return c;
+}
+
+nlohmann::json ModelConfig::to_hf_json(const nlohmann::json& base, const std::string& torch_dtype) const {
+  nlohmann::json j = base.is_object() ? base : nlohmann::json::object();
+  j["architectures"] = {"GPTNeoXForCausalLM"};
+  j["model_type"] = "gpt_neox";
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["num_hidden_layers"] = num_layers;
+  j["num_attention_heads"] = num_heads;
+  j["intermediate_size"] = intermediate_size;
+  j["max_position_embeddings"] = max_position_embeddings;
+  j["rotary_pct"] = rotary_pct;
+  j["rotary_emb_base"] = rotary_emb_base;
+  j["layer_norm_eps"] = layer_norm_eps;
+  j["use_parallel_residual"] = use_parallel_residual;
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  j["attention_bias"] = attention_bias;
+  j["hidden_act"] = hidden_act;
+  j["torch_dtype"] = torch_dtype;
+  if (!j.contains("bos_token_id")) j["bos_token_id"] = 0;
+  if (!j.contains("eos_token_id")) j["eos_token_id"] = 0;
+  return j;
+}
+
+}  // namespace dj
