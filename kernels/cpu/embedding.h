@@ -9,7 +9,8 @@ template <typename T>
 void embedding_forward(T* out, const int32_t* ids, const T* table, int64_t n, int64_t vocab,
                        int64_t channels);
 
-// dtable[ids[i], :] += dout[i, :] (deterministic order).
+// dtable[ids[i], :] += dout[i, :], adding the positions in order for every thread count. ids are
+// not checked again: pass the ones embedding_forward accepted.
 template <typename T>
 void embedding_backward(T* dtable, const T* dout, const int32_t* ids, int64_t n, int64_t channels);
 

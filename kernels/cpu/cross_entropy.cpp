@@ -1,0 +1,70 @@
+#include "kernels/cpu/cross_entropy.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "kernels/core/error.h"
+
+namespace dj::cpu {
+
+namespace {
+
+// Elementwise work below this many values is not worth waking the thread team for.
+constexpr int64_t kParallelThreshold = 1 << 15;
+
+}  // namespace
+
+template <typename T>
+CrossEntropyResult softmax_cross_entropy(T* logits, const int32_t* targets, int64_t rows,
+                                         int64_t vocab, bool write_gradient, T grad_scale) {
+  // Validate before any row is overwritten, and outside the parallel region (an exception may
+  // not leave an OpenMP region).
+  CrossEntropyResult result;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (targets[r] >= vocab)
+      fail("cross entropy: target {} at row {} is outside the vocabulary [0, {})", targets[r], r,
+           vocab);
+    if (targets[r] >= 0) ++result.count;
+  }
+
+  // Per-row losses are summed serially afterwards, so loss_sum is independent of the schedule.
+  std::vector<double> row_loss(static_cast<size_t>(rows), 0.0);
+#pragma omp parallel for schedule(static) if (rows * vocab > kParallelThreshold)
+  for (int64_t r = 0; r < rows; ++r) {
+    T* row = logits + r * vocab;
+    const int32_t target = targets[r];
+    if (target < 0) {
+      if (write_gradient) std::fill(row, row + vocab, T(0));
+      continue;
+    }
+    // Softmax shifted by the row maximum: every exponent is <= 0, so nothing overflows.
+    const T max = *std::max_element(row, row + vocab);
+    const double shifted_target = static_cast<double>(row[target]) - static_cast<double>(max);
+    double sum = 0.0;
+    if (write_gradient) {
+      // exp(row - max) stays in the row, so the gradient is one rescale away (one exp per logit).
+      for (int64_t j = 0; j < vocab; ++j) {
+        row[j] = std::exp(row[j] - max);
+        sum += static_cast<double>(row[j]);
+      }
+      const T scale = static_cast<T>(static_cast<double>(grad_scale) / sum);
+      for (int64_t j = 0; j < vocab; ++j) row[j] *= scale;
+      row[target] -= grad_scale;
+    } else {
+      for (int64_t j = 0; j < vocab; ++j) sum += static_cast<double>(std::exp(row[j] - max));
+    }
+    row_loss[static_cast<size_t>(r)] = std::log(sum) - shifted_target;
+  }
+  for (const double loss : row_loss) result.loss_sum += loss;
+  return result;
+}
+
+#define DJ_INSTANTIATE(T)                                                                          \
+  template CrossEntropyResult softmax_cross_entropy<T>(T*, const int32_t*, int64_t, int64_t, bool, \
+                                                       T);
+DJ_INSTANTIATE(float)
+DJ_INSTANTIATE(double)
+#undef DJ_INSTANTIATE
+
+}  // namespace dj::cpu
