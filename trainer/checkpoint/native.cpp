@@ -1,0 +1,691 @@
+// The native checkpoint format (layout in native.h), through the HDF5 C API.
+//
+// HDF5's automatic error printing is silenced for the duration of every public call; each failed
+// HDF5 call becomes a dj::Error naming the file, with HDF5's own innermost reason appended. Every
+// identifier is owned by a Handle, so error paths leak nothing. Writes go through atomic_write.h,
+// so a failed write leaves no partial checkpoint behind.
+#include "trainer/checkpoint/native.h"
+
+#include <fmt/format.h>
+#include <hdf5.h>
+
+#include <algorithm>
+#include <array>
+#include <bit>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <map>
+#include <memory>
+#include <new>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "trainer/checkpoint/atomic_write.h"
+
+namespace dj {
+namespace {
+
+namespace fs = std::filesystem;
+using Entry = TensorMap::value_type;
+
+// Tensors are read and written with the little-endian file types as memory types, so host bytes
+// go to disk unchanged.
+static_assert(std::endian::native == std::endian::little,
+              "the native format assumes a little-endian host");
+
+constexpr std::string_view kFormatName = "dijiang";
+constexpr std::string_view kCompleteMarker = "COMPLETE";
+constexpr int kMaxShards = 99999;  // shard file names have five digits
+constexpr std::array<char, 8> kHdf5Signature = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
+
+// HDF5 prints its error stack to stderr by default; we report errors ourselves. The library in use
+// is thread-safe, which makes the setting per thread, so it is switched off around each public call
+// and restored afterwards instead of once globally.
+class QuietHdf5 {
+ public:
+  QuietHdf5() {
+    H5Eget_auto2(H5E_DEFAULT, &function_, &data_);
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  }
+  ~QuietHdf5() { H5Eset_auto2(H5E_DEFAULT, function_, data_); }
+  QuietHdf5(const QuietHdf5&) = delete;
+  QuietHdf5& operator=(const QuietHdf5&) = delete;
+
+ private:
+  H5E_auto2_t function_ = nullptr;
+  void* data_ = nullptr;
+};
+
+// The most specific description on HDF5's error stack ("truncated file: eof = ..."), or "".
+std::string take_hdf5_reason() {
+  const char* reason = nullptr;
+  H5Ewalk2(
+      H5E_DEFAULT, H5E_WALK_UPWARD,
+      [](unsigned, const H5E_error2_t* error, void* out) -> herr_t {
+        auto& first = *static_cast<const char**>(out);
+        if (first == nullptr && error->desc != nullptr && *error->desc != '\0') first = error->desc;
+        return 0;
+      },
+      &reason);
+  std::string text = reason != nullptr ? reason : "";
+  H5Eclear2(H5E_DEFAULT);
+  return text;
+}
+
+// Owns one HDF5 identifier and closes it with the matching H5?close.
+class Handle {
+ public:
+  using Closer = herr_t (*)(hid_t);
+  Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
+  Handle(Handle&& other) noexcept
+      : id_(std::exchange(other.id_, H5I_INVALID_HID)), closer_(other.closer_) {}
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  Handle& operator=(Handle&&) = delete;
+  ~Handle() {
+    if (id_ >= 0) closer_(id_);
+  }
+
+  hid_t get() const { return id_; }
+  // Closes now and returns the status: closing a file flushes it, and that can fail.
+  herr_t close() { return closer_(std::exchange(id_, H5I_INVALID_HID)); }
+
+ private:
+  hid_t id_;
+  Closer closer_;
+};
+
+// Error reporting for one file: every message starts with its path.
+class FileErrors {
+ public:
+  explicit FileErrors(const fs::path& file) : file_(file.string()) {}
+
+  template <typename... Args>
+  [[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) const {
+    dj::fail("{}: {}", file_, fmt::format(format, std::forward<Args>(args)...));
+  }
+  // A failed HDF5 call: what we were doing, then HDF5's reason.
+  [[noreturn]] void fail_hdf5(std::string_view what) const {
+    const std::string reason = take_hdf5_reason();
+    if (reason.empty()) dj::fail("{}: {}", file_, what);
+    dj::fail("{}: {} ({})", file_, what, reason);
+  }
+  void check(herr_t status, std::string_view what) const {
+    if (status < 0) fail_hdf5(what);
+  }
+  Handle own(hid_t id, Handle::Closer closer, std::string_view what) const {
+    if (id < 0) fail_hdf5(what);
+    return Handle(id, closer);
+  }
+
+ private:
+  std::string file_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Names, types and shapes
+
+// Tensor names are Hugging Face style dotted names. '/' would make an HDF5 path and "." / ".."
+// path components; spaces, control and non-ASCII characters never occur in real names, so a file
+// holding them is foreign or corrupt.
+bool is_valid_tensor_name(std::string_view name) {
+  if (name.empty() || name == "." || name == "..") return false;
+  return std::all_of(name.begin(), name.end(),
+                     [](char c) { return c > ' ' && c < '\x7f' && c != '/'; });
+}
+
+bool holds_only_booleans(const Tensor& tensor) {
+  const auto* values = reinterpret_cast<const uint8_t*>(tensor.bytes());
+  return std::all_of(values, values + tensor.numel(), [](uint8_t value) { return value <= 1; });
+}
+
+// BF16 and BOOL have no HDF5 type of their own: they are stored as U16 and U8 and tagged with a
+// `dtype` attribute. F16 starts from F32; see file_type().
+hid_t predefined_type(DType dtype) {
+  switch (dtype) {
+    case DType::F64: return H5T_IEEE_F64LE;
+    case DType::F32:
+    case DType::F16: return H5T_IEEE_F32LE;
+    case DType::I64: return H5T_STD_I64LE;
+    case DType::I32: return H5T_STD_I32LE;
+    case DType::I16: return H5T_STD_I16LE;
+    case DType::I8: return H5T_STD_I8LE;
+    case DType::U64: return H5T_STD_U64LE;
+    case DType::U32: return H5T_STD_U32LE;
+    case DType::BF16:
+    case DType::U16: return H5T_STD_U16LE;
+    case DType::BOOL:
+    case DType::U8: return H5T_STD_U8LE;
+  }
+  return H5I_INVALID_HID;
+}
+
+// The type a tensor of `dtype` has in the file (and in memory: the host is little-endian).
+Handle file_type(DType dtype, const FileErrors& errors) {
+  Handle type = errors.own(H5Tcopy(predefined_type(dtype)), H5Tclose, "cannot copy a datatype");
+  if (dtype == DType::F16) {
+    // HDF5 1.10 predefines no half type. This is IEEE binary16 (sign bit 15, exponent bits 10-14
+    // with bias 15, mantissa bits 0-9), built the way h5py builds the type it maps numpy.float16
+    // to, so h5py reads these datasets as float16. The fields must shrink before the size does.
+    errors.check(H5Tset_fields(type.get(), 15, 10, 5, 0, 10), "cannot build the float16 type");
+    errors.check(H5Tset_size(type.get(), 2), "cannot build the float16 type");
+    errors.check(H5Tset_ebias(type.get(), 15), "cannot build the float16 type");
+  }
+  return type;
+}
+
+bool has_dtype_tag(DType dtype) { return dtype == DType::BF16 || dtype == DType::BOOL; }
+
+// The dtypes a dataset's HDF5 type alone can denote (BF16 and BOOL need the `dtype` tag).
+constexpr DType kUntaggedDTypes[] = {DType::F64, DType::F32, DType::F16, DType::I64,
+                                     DType::I32, DType::I16, DType::I8,  DType::U64,
+                                     DType::U32, DType::U16, DType::U8};
+
+// Which untagged dtype a file type is. Byte order is ignored because H5Dread converts it, so a
+// big-endian dataset written elsewhere (h5py with '>f4') still loads.
+std::optional<DType> untagged_dtype(hid_t type, const FileErrors& errors) {
+  const H5T_class_t type_class = H5Tget_class(type);
+  if (type_class != H5T_INTEGER && type_class != H5T_FLOAT) return std::nullopt;
+  Handle little = errors.own(H5Tcopy(type), H5Tclose, "cannot copy a datatype");
+  errors.check(H5Tset_order(little.get(), H5T_ORDER_LE), "cannot inspect a datatype");
+  for (DType dtype : kUntaggedDTypes) {
+    const htri_t equal = H5Tequal(little.get(), file_type(dtype, errors).get());
+    errors.check(equal, "cannot compare datatypes");
+    if (equal > 0) return dtype;
+  }
+  return std::nullopt;
+}
+
+Handle make_dataspace(const Shape& shape, const FileErrors& errors) {
+  if (shape.empty())
+    return errors.own(H5Screate(H5S_SCALAR), H5Sclose, "cannot create a dataspace");
+  const std::vector<hsize_t> dims(shape.begin(), shape.end());
+  return errors.own(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose,
+                    fmt::format("cannot create a dataspace of shape {}", shape_string(shape)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attributes
+
+void write_attribute(hid_t object, const char* name, hid_t type, const void* value,
+                     const FileErrors& errors) {
+  Handle space = errors.own(H5Screate(H5S_SCALAR), H5Sclose, "cannot create a dataspace");
+  Handle attribute =
+      errors.own(H5Acreate2(object, name, type, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
+                 fmt::format("cannot create attribute '{}'", name));
+  errors.check(H5Awrite(attribute.get(), type, value),
+               fmt::format("cannot write attribute '{}'", name));
+}
+
+// Variable-length UTF-8, which h5py returns as str. The text lives in the global heap, so a large
+// config is not subject to the 64 KiB limit on an attribute's own size.
+void write_string_attribute(hid_t object, const char* name, const std::string& value,
+                            const FileErrors& errors) {
+  Handle type = errors.own(H5Tcopy(H5T_C_S1), H5Tclose, "cannot copy a datatype");
+  errors.check(H5Tset_size(type.get(), H5T_VARIABLE), "cannot build a string type");
+  errors.check(H5Tset_cset(type.get(), H5T_CSET_UTF8), "cannot build a string type");
+  const char* text = value.c_str();
+  write_attribute(object, name, type.get(), &text, errors);
+}
+
+// The scalar attribute `name` of `object`; `label` describes it in errors ("attribute 'format'").
+Handle open_scalar_attribute(hid_t object, const char* name, const std::string& label,
+                             const FileErrors& errors) {
+  const htri_t exists = H5Aexists(object, name);
+  errors.check(exists, fmt::format("cannot look up {}", label));
+  if (exists == 0) errors.fail("missing {}", label);
+  Handle attribute = errors.own(H5Aopen(object, name, H5P_DEFAULT), H5Aclose,
+                                fmt::format("cannot open {}", label));
+  Handle space =
+      errors.own(H5Aget_space(attribute.get()), H5Sclose, fmt::format("cannot read {}", label));
+  if (H5Sget_simple_extent_type(space.get()) != H5S_SCALAR)
+    errors.fail("{} is not a scalar", label);
+  return attribute;
+}
+
+// Accepts variable- and fixed-length strings (h5py writes the latter for numpy bytes).
+std::string read_string_attribute(hid_t object, const char* name, const std::string& label,
+                                  const FileErrors& errors) {
+  Handle attribute = open_scalar_attribute(object, name, label, errors);
+  Handle type =
+      errors.own(H5Aget_type(attribute.get()), H5Tclose, fmt::format("cannot read {}", label));
+  if (H5Tget_class(type.get()) != H5T_STRING) errors.fail("{} is not a string", label);
+  const htri_t variable = H5Tis_variable_str(type.get());
+  errors.check(variable, fmt::format("cannot read {}", label));
+  // One byte more than stored for a fixed-length string: converting to a null-terminated type
+  // of that size terminates the text whatever padding the file used.
+  const size_t fixed_size = variable > 0 ? 0 : H5Tget_size(type.get()) + 1;
+  Handle memory = errors.own(H5Tcopy(H5T_C_S1), H5Tclose, "cannot copy a datatype");
+  errors.check(H5Tset_size(memory.get(), variable > 0 ? H5T_VARIABLE : fixed_size),
+               "cannot build a string type");
+  // HDF5 converts between strings only of the same character set.
+  errors.check(H5Tset_cset(memory.get(), H5Tget_cset(type.get())), "cannot build a string type");
+  if (variable > 0) {
+    char* text = nullptr;
+    errors.check(H5Aread(attribute.get(), memory.get(), &text),
+                 fmt::format("cannot read {}", label));
+    const std::unique_ptr<char, herr_t (*)(void*)> owned(text, H5free_memory);
+    return text != nullptr ? std::string(text) : std::string();
+  }
+  std::string text(fixed_size, '\0');
+  errors.check(H5Aread(attribute.get(), memory.get(), text.data()),
+               fmt::format("cannot read {}", label));
+  text.resize(std::strlen(text.c_str()));
+  return text;
+}
+
+int64_t read_integer_attribute(hid_t object, const char* name, const std::string& label,
+                               const FileErrors& errors) {
+  Handle attribute = open_scalar_attribute(object, name, label, errors);
+  Handle type =
+      errors.own(H5Aget_type(attribute.get()), H5Tclose, fmt::format("cannot read {}", label));
+  if (H5Tget_class(type.get()) != H5T_INTEGER) errors.fail("{} is not an integer", label);
+  int64_t value = 0;
+  errors.check(H5Aread(attribute.get(), H5T_NATIVE_INT64, &value),
+               fmt::format("cannot read {}", label));
+  return value;
+}
+
+// ---------------------------------------------------------------------------------------------
+// One file
+
+// The JSON attributes as stored, made before anything touches the disk so that a checkpoint
+// that cannot be written fails without I/O.
+struct StoredText {
+  std::string config;
+  std::string metadata;
+};
+
+std::string dump_json_object(const nlohmann::json& value, std::string_view label,
+                             const FileErrors& errors) {
+  if (!value.is_object()) errors.fail("{} must be a JSON object", label);
+  try {
+    return value.dump();
+  } catch (const nlohmann::json::exception& error) {  // invalid UTF-8 in a string
+    errors.fail("{} cannot be stored: {}", label, error.what());
+  }
+}
+
+StoredText validate_for_writing(const NativeCheckpoint& checkpoint, const FileErrors& errors) {
+  for (const auto& [name, tensor] : checkpoint.tensors) {
+    if (!is_valid_tensor_name(name)) errors.fail("'{}' is not a valid tensor name", name);
+    if (!tensor.defined()) errors.fail("tensor '{}' has no data", name);
+    if (tensor.dtype() == DType::BOOL && !holds_only_booleans(tensor))
+      errors.fail("BOOL tensor '{}' holds values other than 0 and 1", name);
+  }
+  return {dump_json_object(checkpoint.config, "config", errors),
+          dump_json_object(checkpoint.metadata, "metadata", errors)};
+}
+
+// Closing the file closes whatever is still open in it, so the file is really closed (and the
+// temporary can be renamed or removed) even after an error.
+Handle file_access_list(const FileErrors& errors) {
+  Handle access = errors.own(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, "cannot create a property list");
+  errors.check(H5Pset_fclose_degree(access.get(), H5F_CLOSE_STRONG), "cannot set the close degree");
+  return access;
+}
+
+void write_dataset(hid_t file, const Entry& entry, hid_t creation, const FileErrors& errors) {
+  const auto& [name, tensor] = entry;
+  Handle type = file_type(tensor.dtype(), errors);
+  Handle space = make_dataspace(tensor.shape(), errors);
+  Handle dataset = errors.own(
+      H5Dcreate2(file, name.c_str(), type.get(), space.get(), H5P_DEFAULT, creation, H5P_DEFAULT),
+      H5Dclose, fmt::format("cannot create dataset '{}'", name));
+  errors.check(H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, tensor.bytes()),
+               fmt::format("cannot write dataset '{}'", name));
+  if (has_dtype_tag(tensor.dtype()))
+    write_string_attribute(dataset.get(), "dtype", std::string(dtype_name(tensor.dtype())), errors);
+}
+
+// Creates `path` (which must not exist) holding `tensors` in the layout of native.h.
+void write_file(const fs::path& path, const StoredText& text, std::span<const Entry* const> tensors,
+                const FileErrors& errors) {
+  Handle access = file_access_list(errors);
+  Handle file = errors.own(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, access.get()),
+                           H5Fclose, "cannot create the file");
+  write_string_attribute(file.get(), "format", std::string(kFormatName), errors);
+  write_attribute(file.get(), "format_version", H5T_STD_I64LE, &kNativeFormatVersion, errors);
+  write_string_attribute(file.get(), "config", text.config, errors);
+  write_string_attribute(file.get(), "metadata", text.metadata, errors);
+  // Without modification times the same checkpoint always produces the same bytes.
+  Handle creation =
+      errors.own(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, "cannot create a property list");
+  errors.check(H5Pset_obj_track_times(creation.get(), false), "cannot disable time tracking");
+  for (const Entry* entry : tensors) write_dataset(file.get(), *entry, creation.get(), errors);
+  errors.check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "cannot flush the file");
+  errors.check(file.close(), "cannot close the file");
+}
+
+bool starts_with_hdf5_signature(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::array<char, kHdf5Signature.size()> head{};
+  return in.read(head.data(), head.size()) && head == kHdf5Signature;
+}
+
+nlohmann::json parse_json_object(const std::string& text, std::string_view label,
+                                 const FileErrors& errors) {
+  nlohmann::json value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) errors.fail("{} is not valid JSON", label);
+  if (!value.is_object()) errors.fail("{} is not a JSON object", label);
+  return value;
+}
+
+// The names of the links at the root, in name order.
+std::vector<std::string> root_link_names(hid_t file, const FileErrors& errors) {
+  H5G_info_t info;
+  errors.check(H5Gget_info(file, &info), "cannot list the root group");
+  std::vector<std::string> names;
+  for (hsize_t i = 0; i < info.nlinks; ++i) {
+    const ssize_t length =
+        H5Lget_name_by_idx(file, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
+    if (length < 0) errors.fail_hdf5("cannot list the root group");
+    std::string name(static_cast<size_t>(length) + 1, '\0');
+    if (H5Lget_name_by_idx(file, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(),
+                           H5P_DEFAULT) < 0)
+      errors.fail_hdf5("cannot list the root group");
+    name.resize(static_cast<size_t>(length));
+    names.push_back(std::move(name));
+  }
+  return names;
+}
+
+DType dataset_dtype(hid_t dataset, const std::string& name, const FileErrors& errors) {
+  Handle type = errors.own(H5Dget_type(dataset), H5Tclose,
+                           fmt::format("cannot read the type of dataset '{}'", name));
+  const std::optional<DType> stored = untagged_dtype(type.get(), errors);
+  if (!stored) errors.fail("dataset '{}' has an unsupported type", name);
+  const htri_t tagged = H5Aexists(dataset, "dtype");
+  errors.check(tagged, fmt::format("cannot look up the attributes of dataset '{}'", name));
+  if (tagged == 0) return *stored;
+  const std::string tag = read_string_attribute(
+      dataset, "dtype", fmt::format("attribute 'dtype' of dataset '{}'", name), errors);
+  if (tag == "BF16" && *stored == DType::U16) return DType::BF16;
+  if (tag == "BOOL" && *stored == DType::U8) return DType::BOOL;
+  errors.fail(
+      "dataset '{}' is stored as {} with dtype '{}'; only U16 may be tagged BF16 and U8 BOOL", name,
+      dtype_name(*stored), tag);
+}
+
+Shape dataset_shape(hid_t dataset, const std::string& name, DType dtype, const FileErrors& errors) {
+  Handle space = errors.own(H5Dget_space(dataset), H5Sclose,
+                            fmt::format("cannot read the shape of dataset '{}'", name));
+  const H5S_class_t space_class = H5Sget_simple_extent_type(space.get());
+  if (space_class == H5S_SCALAR) return {};
+  if (space_class != H5S_SIMPLE) errors.fail("dataset '{}' has no shape (null dataspace)", name);
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  errors.check(rank, fmt::format("cannot read the shape of dataset '{}'", name));
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  errors.check(H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr),
+               fmt::format("cannot read the shape of dataset '{}'", name));
+  // The byte count must fit in int64: anything larger is a corrupt file, not a size to allocate.
+  const uint64_t limit =
+      static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) / dtype_size(dtype);
+  uint64_t numel = 1;
+  Shape shape;
+  for (hsize_t dim : dims) {
+    if (dim > (numel == 0 ? limit : limit / numel)) errors.fail("dataset '{}' is too large", name);
+    numel *= dim;
+    shape.push_back(static_cast<int64_t>(dim));
+  }
+  return shape;
+}
+
+// Checks, before anything is allocated, that the dataset's data is in this file: a corrupt header
+// can declare any shape, and storage never written would read back as fill values.
+void check_dataset_storage(hid_t file, hid_t dataset, const std::string& name, uint64_t nbytes,
+                           const FileErrors& errors) {
+  Handle creation = errors.own(H5Dget_create_plist(dataset), H5Pclose,
+                               fmt::format("cannot inspect dataset '{}'", name));
+  const H5D_layout_t layout = H5Pget_layout(creation.get());
+  if (layout < 0) errors.fail_hdf5(fmt::format("cannot inspect dataset '{}'", name));
+  // Virtual datasets and external storage read other files.
+  if (layout == H5D_VIRTUAL || H5Pget_external_count(creation.get()) != 0)
+    errors.fail("dataset '{}' keeps its data outside the file", name);
+  if (nbytes == 0) return;
+  const hsize_t stored = H5Dget_storage_size(dataset);
+  if (stored == 0) errors.fail("dataset '{}' has no data", name);
+  if (layout == H5D_CHUNKED) return;  // chunks may be compressed: any size is plausible
+  if (stored != nbytes)
+    errors.fail("dataset '{}' stores {} bytes where its shape and type need {}", name, stored,
+                nbytes);
+  if (layout == H5D_CONTIGUOUS) {
+    const haddr_t offset = H5Dget_offset(dataset);
+    hsize_t file_size = 0;
+    errors.check(H5Fget_filesize(file, &file_size), "cannot read the file size");
+    if (offset == HADDR_UNDEF || offset > file_size || file_size - offset < nbytes)
+      errors.fail("dataset '{}' extends past the end of the file", name);
+  }
+}
+
+Tensor read_dataset(hid_t file, hid_t dataset, const std::string& name, const FileErrors& errors) {
+  const DType dtype = dataset_dtype(dataset, name, errors);
+  Shape shape = dataset_shape(dataset, name, dtype, errors);
+  const auto nbytes = static_cast<uint64_t>(shape_numel(shape)) * dtype_size(dtype);
+  check_dataset_storage(file, dataset, name, nbytes, errors);
+  Tensor tensor;
+  try {
+    tensor = Tensor(dtype, std::move(shape));
+  } catch (const std::bad_alloc&) {  // a compressed dataset can claim more than memory holds
+    errors.fail("dataset '{}' needs {} bytes, more than can be allocated", name, nbytes);
+  }
+  Handle memory = file_type(dtype, errors);
+  errors.check(H5Dread(dataset, memory.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, tensor.bytes()),
+               fmt::format("cannot read dataset '{}'", name));
+  if (dtype == DType::BOOL && !holds_only_booleans(tensor))
+    errors.fail("dataset '{}' is tagged BOOL but holds values other than 0 and 1", name);
+  return tensor;
+}
+
+NativeCheckpoint read_file(const fs::path& path) {
+  const FileErrors errors(path);
+  // HDF5's own message for a foreign file is a generic "unable to open file".
+  if (!starts_with_hdf5_signature(path)) errors.fail("not an HDF5 file");
+  Handle access = file_access_list(errors);
+  Handle file = errors.own(H5Fopen(path.c_str(), H5F_ACC_RDONLY, access.get()), H5Fclose,
+                           "cannot open the HDF5 file");
+
+  const std::string format =
+      read_string_attribute(file.get(), "format", "attribute 'format'", errors);
+  if (format != kFormatName)
+    errors.fail("attribute 'format' is '{}', expected '{}'", format, kFormatName);
+  const int64_t version =
+      read_integer_attribute(file.get(), "format_version", "attribute 'format_version'", errors);
+  if (version > kNativeFormatVersion)
+    errors.fail("format_version {} is newer than this build reads ({})", version,
+                kNativeFormatVersion);
+  if (version < 1) errors.fail("format_version {} is not valid", version);
+
+  NativeCheckpoint checkpoint;
+  checkpoint.config =
+      parse_json_object(read_string_attribute(file.get(), "config", "attribute 'config'", errors),
+                        "attribute 'config'", errors);
+  checkpoint.metadata = parse_json_object(
+      read_string_attribute(file.get(), "metadata", "attribute 'metadata'", errors),
+      "attribute 'metadata'", errors);
+
+  for (const std::string& name : root_link_names(file.get(), errors)) {
+    if (!is_valid_tensor_name(name)) errors.fail("'{}' is not a valid tensor name", name);
+    H5L_info_t link;
+    errors.check(H5Lget_info(file.get(), name.c_str(), &link, H5P_DEFAULT),
+                 fmt::format("cannot inspect '{}'", name));
+    // Soft and external links could point anywhere, including other files.
+    if (link.type != H5L_TYPE_HARD)
+      errors.fail("'{}' is a link; only datasets may be at the root", name);
+    Handle object = errors.own(H5Oopen(file.get(), name.c_str(), H5P_DEFAULT), H5Oclose,
+                               fmt::format("cannot open '{}'", name));
+    if (H5Iget_type(object.get()) != H5I_DATASET)
+      errors.fail("'{}' is not a dataset; only datasets may be at the root", name);
+    checkpoint.tensors.emplace(name, read_dataset(file.get(), object.get(), name, errors));
+  }
+  return checkpoint;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Directories
+
+std::string shard_name(int index, int shards) {
+  return fmt::format("shard-{:05d}-of-{:05d}.h5", index, shards);
+}
+
+bool looks_like_shard(std::string_view name) {
+  return name.starts_with("shard-") && name.ends_with(".h5");
+}
+
+// Splits the tensors, kept in name order, into `shards` contiguous runs of about equal size: each
+// tensor goes to the shard its byte midpoint falls in. Empty tensors weigh one byte so that the
+// total is never zero when there are tensors at all.
+std::vector<std::vector<const Entry*>> split_by_bytes(const TensorMap& tensors, int shards) {
+  const auto weight = [](const Tensor& tensor) {
+    return static_cast<double>(std::max<size_t>(tensor.nbytes(), 1));
+  };
+  double total = 0;
+  for (const auto& [name, tensor] : tensors) total += weight(tensor);
+  std::vector<std::vector<const Entry*>> parts(static_cast<size_t>(shards));
+  double before = 0;
+  for (const Entry& entry : tensors) {
+    const double own = weight(entry.second);
+    const auto index = static_cast<size_t>((before + own / 2) / total * shards);
+    parts[std::min(index, parts.size() - 1)].push_back(&entry);
+    before += own;
+  }
+  return parts;
+}
+
+void write_complete_marker(const fs::path& path, int shards, const FileErrors& errors) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << nlohmann::json{{"shards", shards}, {"format_version", kNativeFormatVersion}}.dump()
+      << '\n';
+  out.close();
+  if (!out) errors.fail("cannot write {}", path.string());
+}
+
+// COMPLETE is JSON {"format_version": V, "shards": N}; returns N.
+int read_complete_marker(const fs::path& path, const FileErrors& errors) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  const nlohmann::json marker = parse_json_object(text, kCompleteMarker, errors);
+  const auto integer = [&](const char* key) -> int64_t {
+    const auto it = marker.find(key);
+    if (it == marker.end() || !it->is_number_integer())
+      errors.fail("{} has no integer '{}'", kCompleteMarker, key);
+    return it->get<int64_t>();
+  };
+  const int64_t version = integer("format_version");
+  if (version > kNativeFormatVersion)
+    errors.fail("format_version {} is newer than this build reads ({})", version,
+                kNativeFormatVersion);
+  if (version < 1) errors.fail("format_version {} is not valid", version);
+  const int64_t shards = integer("shards");
+  if (shards < 1 || shards > kMaxShards)
+    errors.fail("{} names {} shards, not 1..{}", kCompleteMarker, shards, kMaxShards);
+  return static_cast<int>(shards);
+}
+
+NativeCheckpoint read_directory(const fs::path& dir) {
+  const FileErrors errors(dir);
+  const fs::path marker = dir / kCompleteMarker;
+  std::error_code error;
+  if (!fs::is_regular_file(marker, error))
+    errors.fail("no {} marker: the checkpoint is incomplete or not a native checkpoint",
+                kCompleteMarker);
+  const int shards = read_complete_marker(marker, errors);
+
+  // Check the whole set before reading gigabytes of it.
+  std::set<std::string> present;
+  for (fs::directory_iterator it(dir, error), end; !error && it != end; it.increment(error)) {
+    std::string name = it->path().filename().string();
+    if (looks_like_shard(name)) present.insert(std::move(name));
+  }
+  if (error) errors.fail("cannot list the directory: {}", error.message());
+  std::vector<std::string> expected;
+  for (int i = 0; i < shards; ++i) {
+    expected.push_back(shard_name(i, shards));
+    if (!present.erase(expected.back())) errors.fail("missing shard {}", expected.back());
+  }
+  if (!present.empty())
+    errors.fail("unexpected shard file {} in a checkpoint of {} shards", *present.begin(), shards);
+
+  NativeCheckpoint checkpoint;
+  std::map<std::string, std::string> holder;  // tensor name -> shard
+  for (const std::string& name : expected) {
+    NativeCheckpoint shard = read_file(dir / name);
+    if (name == expected.front()) {
+      checkpoint.config = std::move(shard.config);
+      checkpoint.metadata = std::move(shard.metadata);
+    } else if (shard.config != checkpoint.config || shard.metadata != checkpoint.metadata) {
+      errors.fail("{} has a different config or metadata from {}", name, expected.front());
+    }
+    for (auto& [tensor_name, tensor] : shard.tensors) {
+      const auto [it, inserted] = holder.emplace(tensor_name, name);
+      if (!inserted) errors.fail("tensor '{}' is in both {} and {}", tensor_name, it->second, name);
+      checkpoint.tensors.emplace(tensor_name, std::move(tensor));
+    }
+  }
+  return checkpoint;
+}
+
+}  // namespace
+
+void write_native_checkpoint(const fs::path& file, const NativeCheckpoint& checkpoint) {
+  const FileErrors errors(file);
+  const StoredText text = validate_for_writing(checkpoint, errors);
+  std::vector<const Entry*> tensors;
+  for (const Entry& entry : checkpoint.tensors) tensors.push_back(&entry);
+
+  const QuietHdf5 quiet;
+  write_file_atomically(file,
+                        [&](const fs::path& temp) { write_file(temp, text, tensors, errors); });
+}
+
+void write_native_checkpoint_directory(const fs::path& dir, const NativeCheckpoint& checkpoint,
+                                       int shards) {
+  const FileErrors errors(dir);
+  if (shards < 1 || shards > kMaxShards)
+    errors.fail("shard count {} is not in 1..{}", shards, kMaxShards);
+  const StoredText text = validate_for_writing(checkpoint, errors);
+  const std::vector<std::vector<const Entry*>> parts = split_by_bytes(checkpoint.tensors, shards);
+
+  const QuietHdf5 quiet;
+  // A previous checkpoint may be replaced, but not a directory of anything else.
+  write_directory_atomically(dir, is_native_checkpoint, [&](const fs::path& temp) {
+    for (int i = 0; i < shards; ++i) {
+      const std::string name = shard_name(i, shards);
+      write_file(temp / name, text, parts[static_cast<size_t>(i)], FileErrors(dir / name));
+    }
+    // Last, so that a directory with the marker has all its shards.
+    write_complete_marker(temp / kCompleteMarker, shards, errors);
+  });
+}
+
+NativeCheckpoint read_native_checkpoint(const fs::path& path) {
+  const QuietHdf5 quiet;
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (fs::is_directory(status)) return read_directory(path);
+  if (fs::is_regular_file(status)) return read_file(path);
+  if (!fs::exists(status))
+    fail("{}: {}", path.string(), error ? error.message() : "no such file or directory");
+  fail("{}: not a regular file or directory", path.string());
+}
+
+bool is_native_checkpoint(const fs::path& path) {
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (fs::is_regular_file(status)) return starts_with_hdf5_signature(path);
+  if (!fs::is_directory(status)) return false;
+  if (fs::is_regular_file(path / kCompleteMarker, error)) return true;
+  for (fs::directory_iterator it(path, error), end; !error && it != end; it.increment(error))
+    if (looks_like_shard(it->path().filename().string())) return true;
+  return false;
+}
+
+}  // namespace dj
