@@ -1,2 +1,61 @@
+// dijiang: convert, evaluate and train GPT-NeoX models with DiJiang attention.
+#include <omp.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <exception>
+#include <new>
+
 #include "kernels/backend.h"
-int main() { dj::select_backend(); return 0; }
+#include "kernels/core/error.h"
+#include "trainer/cli/commands.h"
+
+int main(int argc, char** argv) {
+  // Logs go to stderr so that --json output on stdout stays machine-readable.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("dijiang"));
+  spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");
+
+  CLI::App app{"dijiang: GPT-NeoX (Pythia) models with DiJiang attention on CPUs and GPUs"};
+  app.require_subcommand(1);
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return fmt::format("dijiang: error: {}\nRun with --help for more information.\n", e.what());
+  });
+  app.set_version_flag("--version", "dijiang 0.1.0");
+  int threads = 0;
+  std::string device = "auto";
+  bool verbose = false, quiet = false;
+  app.add_option("--threads", threads, "CPU threads (default: all cores, or OMP_NUM_THREADS)")
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--device", device, "where ops run: auto or cpu")->check(CLI::IsMember({"auto", "cpu"}));
+  app.add_flag("-v,--verbose", verbose, "debug logging");
+  app.add_flag("-q,--quiet", quiet, "warnings and errors only");
+  app.parse_complete_callback([&] {
+    spdlog::set_level(verbose ? spdlog::level::debug : quiet ? spdlog::level::warn : spdlog::level::info);
+    if (threads > 0) omp_set_num_threads(threads);
+    dj::select_backend(device);
+  });
+
+  dj::cli::register_inspect(app);
+  dj::cli::register_eval(app);
+  dj::cli::register_convert(app);
+  dj::cli::register_export(app);
+  dj::cli::register_bench(app);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    // Usage errors exit with 2 (as most command-line tools do); --help and --version with 0.
+    return app.exit(e) == 0 ? 0 : 2;
+  } catch (const dj::Error& e) {
+    std::fprintf(stderr, "dijiang: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "dijiang: error: out of memory\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "dijiang: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

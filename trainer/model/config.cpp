@@ -63,8 +63,21 @@ ModelConfig ModelConfig::from_hf_json(const nlohmann::json& json, const std::str
   c.num_heads = field<int64_t>(json, "num_attention_heads", source, 0, true);
   c.intermediate_size = field<int64_t>(json, "intermediate_size", source, 4 * c.hidden_size, false);
   c.max_position_embeddings = field<int64_t>(json, "max_position_embeddings", source, 2048, false);
-  c.rotary_pct = field<double>(json, "rotary_pct", source, 0.25, false);
-  c.rotary_emb_base = field<double>(json, "rotary_emb_base", source, 10000.0, false);
+  // transformers 5 writes the rotary settings as rope_parameters; older files as top-level keys.
+  double rope_fraction = 0.25, rope_theta = 10000.0;
+  if (json.contains("rope_parameters") && !json["rope_parameters"].is_null()) {
+    const nlohmann::json& rope = json["rope_parameters"];
+    if (!rope.is_object()) fail("{}: rope_parameters must be an object", source);
+    const auto rope_type = field<std::string>(rope, "rope_type", source, "default", false);
+    if (rope_type != "default") fail("{}: rope_parameters.rope_type '{}' is not supported", source, rope_type);
+    rope_fraction = field<double>(rope, "partial_rotary_factor", source, rope_fraction, false);
+    rope_theta = field<double>(rope, "rope_theta", source, rope_theta, false);
+  }
+  c.rotary_pct = field<double>(json, "rotary_pct", source, rope_fraction, false);
+  c.rotary_emb_base = field<double>(json, "rotary_emb_base", source, rope_theta, false);
+  if (json.contains("rope_parameters") && json["rope_parameters"].is_object() &&
+      (c.rotary_pct != rope_fraction || c.rotary_emb_base != rope_theta))
+    fail("{}: rotary_pct/rotary_emb_base disagree with rope_parameters", source);
   c.layer_norm_eps = field<double>(json, "layer_norm_eps", source, 1e-5, false);
   c.use_parallel_residual = field<bool>(json, "use_parallel_residual", source, true, false);
   c.tie_word_embeddings = field<bool>(json, "tie_word_embeddings", source, false, false);

@@ -1,0 +1,216 @@
+// The GPT-NeoX model against goldens computed in float64 from Hugging Face's GPTNeoXForCausalLM
+// weights (tests/fixtures/make_fixtures.py), and against fp64 finite differences.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "fixture_paths.h"
+#include "gradcheck.h"
+#include "kernels/core/error.h"
+#include "trainer/checkpoint/safetensors.h"
+#include "trainer/data/npy.h"
+#include "trainer/model/evaluate.h"
+#include "trainer/model/gpt_neox.h"
+#include "trainer/model/source.h"
+
+namespace dj {
+namespace {
+
+using test::fixture;
+using test::relative_error;
+
+std::vector<int32_t> ids_of(const Tensor& t) {
+  std::vector<int32_t> ids;
+  for (double v : t.to_f64_vector()) ids.push_back(static_cast<int32_t>(v));
+  return ids;
+}
+
+struct Golden {
+  std::string model;     // neox_parallel, ...
+  std::string weights;   // f32, bin, sharded, ...
+  std::string expected;  // expected.safetensors, expected_f16.safetensors, ...
+};
+
+class GPTNeoXGolden : public ::testing::TestWithParam<Golden> {};
+
+TEST_P(GPTNeoXGolden, LogitsAndLossMatchTransformers) {
+  const Golden g = GetParam();
+  const ModelSource source = read_model_source(fixture(g.model + "/" + g.weights));
+  const TensorMap expected = read_safetensors(fixture(g.model + "/" + g.expected));
+  const Tensor& input = expected.at("input_ids");
+  const std::vector<int32_t> ids = ids_of(input);
+
+  GPTNeoX<float> model(source.config);
+  model.load(source.tensors, source.path.string());
+  const double loss = model.forward(ids.data(), input.dim(0), input.dim(1));
+  const double expected_loss = expected.at("loss").to_f64_vector()[0];
+  EXPECT_LE(std::abs(loss - expected_loss) / expected_loss, 1e-5) << loss << " vs " << expected_loss;
+  const std::vector<double> logits = expected.at("logits").to_f64_vector();
+  ASSERT_EQ(model.logits().size(), logits.size());
+  EXPECT_LE(relative_error(model.logits(), logits), 1e-5);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Fixtures, GPTNeoXGolden,
+    ::testing::Values(Golden{"neox_parallel", "f32", "expected.safetensors"},
+                      Golden{"neox_parallel", "bin", "expected.safetensors"},
+                      Golden{"neox_parallel", "sharded", "expected.safetensors"},
+                      Golden{"neox_parallel", "sharded_bin", "expected.safetensors"},
+                      Golden{"neox_parallel", "f16", "expected_f16.safetensors"},
+                      Golden{"neox_parallel", "bf16", "expected_bf16.safetensors"},
+                      Golden{"neox_sequential", "f32", "expected.safetensors"},
+                      Golden{"neox_sequential", "bin", "expected.safetensors"},
+                      Golden{"neox_sequential", "f16", "expected_f16.safetensors"},
+                      Golden{"neox_sequential", "bf16", "expected_bf16.safetensors"},
+                      Golden{"neox_odd", "f32", "expected.safetensors"},
+                      Golden{"neox_odd", "bin", "expected.safetensors"},
+                      Golden{"neox_odd", "f16", "expected_f16.safetensors"},
+                      Golden{"neox_odd", "bf16", "expected_bf16.safetensors"}),
+    [](const ::testing::TestParamInfo<Golden>& param_info) {
+      return param_info.param.model + "_" + param_info.param.weights;
+    });
+
+class GPTNeoXGradients : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(GPTNeoXGradients, EveryParameterGradientMatchesTransformers) {
+  const ModelSource source = read_model_source(fixture(GetParam() + "/f32"));
+  const TensorMap expected = read_safetensors(fixture(GetParam() + "/expected.safetensors"));
+  const Tensor& input = expected.at("input_ids");
+  const std::vector<int32_t> ids = ids_of(input);
+  GPTNeoX<float> model(source.config);
+  model.load(source.tensors, source.path.string());
+  model.zero_gradients();
+  model.forward(ids.data(), input.dim(0), input.dim(1));
+  model.backward();
+  for (const auto& view : model.layout().views()) {
+    SCOPED_TRACE(view.name);
+    const std::vector<double> golden = expected.at("grad." + view.name).to_f64_vector();
+    const float* grad = model.gradient(view.name);
+    EXPECT_LE(relative_error(std::vector<float>(grad, grad + view.numel()), golden), 1e-4);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, GPTNeoXGradients,
+                         ::testing::Values("neox_parallel", "neox_sequential", "neox_odd"));
+
+TEST(GPTNeoX, WindowedEvaluationMatchesGolden) {
+  for (const std::string name : {"neox_parallel", "neox_sequential", "neox_odd"}) {
+    SCOPED_TRACE(name);
+    const ModelSource source = read_model_source(fixture(name + "/f32"));
+    const TensorMap expected = read_safetensors(fixture(name + "/expected.safetensors"));
+    const std::vector<int32_t> ids = read_npy_tokens(fixture(name + "/eval_tokens.npy"));
+    for (int64_t batch : {1, 4}) {
+      const EvalResult r = evaluate_windows<float>(source, ids, 64, batch);
+      EXPECT_EQ(r.predicted, static_cast<int64_t>(expected.at("eval_predicted").to_f64_vector()[0]));
+      const double golden = expected.at("eval_loss").to_f64_vector()[0];
+      EXPECT_LE(std::abs(r.loss_sum / static_cast<double>(r.predicted) - golden) / golden, 1e-5);
+    }
+  }
+}
+
+// A small model with every feature on, in fp64: the analytic gradient of the loss against central
+// differences for a sample of components of every parameter tensor.
+ModelConfig tiny_config(bool parallel, const std::string& act) {
+  ModelConfig c;
+  c.vocab_size = 23;
+  c.hidden_size = 12;
+  c.num_layers = 2;
+  c.num_heads = 3;
+  c.intermediate_size = 20;
+  c.rotary_pct = 0.5;
+  c.rotary_emb_base = 100.0;
+  c.use_parallel_residual = parallel;
+  c.hidden_act = act;
+  return c;
+}
+
+void finite_difference_check(const ModelConfig& config) {
+  GPTNeoX<double> model(config);
+  std::mt19937_64 rng(7);
+  std::normal_distribution<double> normal(0.0, 0.3);
+  for (auto& p : model.parameters()) p = normal(rng);
+  const int64_t batch = 2, seq = 9;
+  std::vector<int32_t> ids(static_cast<size_t>(batch * seq));
+  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config.vocab_size - 1));
+  for (auto& id : ids) id = token(rng);
+
+  model.zero_gradients();
+  model.forward(ids.data(), batch, seq);
+  model.backward();
+  const std::vector<double> analytic = model.gradients();
+
+  test::GradCheckOptions options;
+  options.eps = 1e-5;  // the loss sums many terms: a larger step keeps rounding noise under 1e-10
+  for (const auto& view : model.layout().views()) {
+    std::uniform_int_distribution<int64_t> pick(0, view.numel() - 1);
+    for (int i = 0; i < 6; ++i) options.indices.push_back(static_cast<size_t>(view.offset + pick(rng)));
+  }
+  std::vector<double> x = model.parameters();
+  const auto loss = [&](std::vector<double>& params) {
+    model.parameters() = params;
+    return model.forward(ids.data(), batch, seq);
+  };
+  const test::GradCheckResult r = test::gradcheck(loss, x, analytic, options);
+  EXPECT_LE(r.max_error, 1e-6) << r;
+}
+
+TEST(GPTNeoX, FiniteDifferencesParallelResidualErfGelu) { finite_difference_check(tiny_config(true, "gelu")); }
+TEST(GPTNeoX, FiniteDifferencesSequentialResidualTanhGelu) { finite_difference_check(tiny_config(false, "gelu_new")); }
+
+TEST(GPTNeoX, TiedEmbeddingsAndNoAttentionBias) {
+  ModelConfig c = tiny_config(true, "gelu");
+  c.tie_word_embeddings = true;
+  c.attention_bias = false;
+  finite_difference_check(c);
+}
+
+TEST(GPTNeoX, GradientsAccumulateAcrossBackwardCalls) {
+  const ModelConfig c = tiny_config(true, "gelu");
+  GPTNeoX<double> model(c);
+  std::mt19937_64 rng(3);
+  std::normal_distribution<double> normal(0.0, 0.3);
+  for (auto& p : model.parameters()) p = normal(rng);
+  std::vector<int32_t> ids = {1, 5, 7, 2, 9, 11};
+  model.zero_gradients();
+  model.forward(ids.data(), 1, 6);
+  model.backward();
+  const std::vector<double> once = model.gradients();
+  model.forward(ids.data(), 1, 6);
+  model.backward();
+  for (size_t i = 0; i < once.size(); ++i) ASSERT_NEAR(model.gradients()[i], 2 * once[i], 1e-12);
+}
+
+TEST(GPTNeoX, LoadRejectsMissingExtraAndMisshapedTensors) {
+  const ModelSource source = read_model_source(fixture("neox_parallel/f32"));
+  GPTNeoX<float> model(source.config);
+  const auto expect_error = [&](TensorMap tensors, const std::string& needle) {
+    try {
+      model.load(tensors, "ckpt");
+      ADD_FAILURE() << "no error, expected: " << needle;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  TensorMap missing = source.tensors;
+  missing.erase("gpt_neox.layers.1.mlp.dense_4h_to_h.bias");
+  expect_error(missing, "ckpt: missing tensors: gpt_neox.layers.1.mlp.dense_4h_to_h.bias");
+  TensorMap extra = source.tensors;
+  extra.emplace("gpt_neox.layers.9.attention.dense.weight", Tensor(DType::F32, {64, 64}));
+  expect_error(extra, "ckpt: unexpected tensors: gpt_neox.layers.9.attention.dense.weight");
+  TensorMap misshaped = source.tensors;
+  misshaped["embed_out.weight"] = Tensor(DType::F32, {999, 64});
+  expect_error(misshaped, "tensor 'embed_out.weight' has shape [999, 64], the config needs [1000, 64]");
+  TensorMap integer = source.tensors;
+  integer["gpt_neox.final_layer_norm.bias"] = Tensor(DType::I64, {64});
+  expect_error(integer, "has dtype I64, expected a floating type");
+}
+
+TEST(GPTNeoX, RejectsOutOfRangeTokenIds) {
+  const ModelSource source = read_model_source(fixture("neox_parallel/f32"));
+  std::vector<int32_t> ids(100, 3);
+  ids[57] = 1000;
+  EXPECT_THROW(evaluate_windows<float>(source, ids, 16, 2), Error);
+}
+
+}  // namespace
+}  // namespace dj

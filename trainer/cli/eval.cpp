@@ -1,0 +1,64 @@
+// dijiang eval: mean next-token loss and perplexity of a model on token windows.
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+
+#include <nlohmann/json.hpp>
+
+#include "kernels/core/error.h"
+#include "trainer/cli/commands.h"
+#include "trainer/data/npy.h"
+#include "trainer/model/evaluate.h"
+#include "trainer/model/source.h"
+
+namespace dj::cli {
+
+namespace {
+struct EvalOptions {
+  std::string model, tokens, text, tokenizer, precision = "f32";
+  int64_t seq_len = 0, batch = 8;
+  bool json = false;
+};
+}  // namespace
+
+void register_eval(CLI::App& app) {
+  auto* cmd = app.add_subcommand("eval", "loss and perplexity on consecutive windows of tokens");
+  auto o = std::make_shared<EvalOptions>();
+  cmd->add_option("--model", o->model, "Hugging Face directory or native checkpoint")->required();
+  auto* tokens = cmd->add_option("--tokens", o->tokens, "1-D .npy array of token ids (u16, i32 or i64)");
+  auto* text = cmd->add_option("--text", o->text, "UTF-8 text file, tokenized with the model's tokenizer.json");
+  tokens->excludes(text);
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json to use with --text");
+  cmd->add_option("--seq-len", o->seq_len, "window length in tokens")->required()->check(CLI::Range(int64_t{2}, int64_t{1} << 24));
+  cmd->add_option("--batch", o->batch, "windows per forward pass")->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
+  cmd->add_option("--precision", o->precision, "f32 (default) or f64")->check(CLI::IsMember({"f32", "f64"}));
+  cmd->add_flag("--json", o->json, "print one JSON line {\"tokens\", \"loss\", \"ppl\"}");
+  cmd->callback([o] {
+    if (o->tokens.empty() && o->text.empty()) fail("eval needs --tokens FILE.npy or --text FILE");
+    if (!o->text.empty())
+      fail("--text needs the GPT-NeoX tokenizer, which this build does not include; tokenize the text "
+           "elsewhere and pass the ids with --tokens FILE.npy");
+    const std::vector<int32_t> ids = read_npy_tokens(o->tokens);
+    ModelSource source = read_model_source(o->model);
+    const auto start = std::chrono::steady_clock::now();
+    const EvalResult r = o->precision == "f64" ? evaluate_windows<double>(source, ids, o->seq_len, o->batch)
+                                               : evaluate_windows<float>(source, ids, o->seq_len, o->batch);
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    const double loss = r.loss_sum / static_cast<double>(r.predicted);
+    if (o->json) {
+      std::printf("%s\n", nlohmann::json{{"tokens", r.predicted}, {"loss", loss}, {"ppl", std::exp(loss)}}.dump().c_str());
+      return;
+    }
+    std::printf("model      %s\n", o->model.c_str());
+    std::printf("windows    %lld of up to %lld tokens (%lld tokens predicted)\n", static_cast<long long>(r.windows),
+                static_cast<long long>(o->seq_len), static_cast<long long>(r.predicted));
+    std::printf("loss       %.6f nats/token\n", loss);
+    std::printf("perplexity %.4f\n", std::exp(loss));
+    std::printf("time       %.2f s (%.0f tokens/s)\n", seconds,
+                static_cast<double>(r.windows > 0 ? r.tokens_processed : 0) / std::max(seconds, 1e-9));
+  });
+}
+
+}  // namespace dj::cli

@@ -1,0 +1,102 @@
+#include "trainer/data/npy.h"
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <regex>
+#include <sstream>
+#include <string>
+
+#include "kernels/core/error.h"
+
+namespace dj {
+
+namespace {
+
+constexpr char kMagic[] = "\x93NUMPY";
+constexpr uint64_t kMaxHeader = 1 << 20;
+
+struct Header {
+  char kind = 0;  // 'u' or 'i'
+  int size = 0;   // bytes per element
+  int64_t length = 0;
+};
+
+Header parse_header(const std::string& text, const std::string& file) {
+  // The header is a Python dict literal: {'descr': '<u2', 'fortran_order': False, 'shape': (N,), }
+  static const std::regex descr_re(R"('descr'\s*:\s*'([<>|=])([a-zA-Z])(\d+)')");
+  static const std::regex fortran_re(R"('fortran_order'\s*:\s*(True|False))");
+  static const std::regex shape_re(R"('shape'\s*:\s*\(([^)]*)\))");
+  std::smatch m;
+  if (!std::regex_search(text, m, descr_re)) fail("{}: .npy header has no readable 'descr'", file);
+  const char order = m[1].str()[0];
+  Header h;
+  h.kind = m[2].str()[0];
+  h.size = std::stoi(m[3].str());
+  const bool multibyte = h.size > 1;
+  if (order == '>' && multibyte) fail("{}: big-endian .npy arrays are not supported", file);
+  if ((h.kind != 'u' && h.kind != 'i') || (h.size != 1 && h.size != 2 && h.size != 4 && h.size != 8))
+    fail("{}: .npy dtype '{}' is not an integer type (token ids must be u1/u2/u4/u8/i1/i2/i4/i8)",
+         file, m[1].str() + m[2].str() + m[3].str());
+  if (!std::regex_search(text, m, fortran_re)) fail("{}: .npy header has no 'fortran_order'", file);
+  if (!std::regex_search(text, m, shape_re)) fail("{}: .npy header has no 'shape'", file);
+  std::vector<int64_t> dims;
+  std::string shape = m[1].str();
+  std::replace(shape.begin(), shape.end(), ',', ' ');
+  std::istringstream in(shape);
+  std::string token;
+  while (in >> token) {
+    if (token.find_first_not_of("0123456789") != std::string::npos || token.size() > 15)
+      fail("{}: .npy shape entry '{}' is not a dimension", file, token);
+    dims.push_back(std::stoll(token));
+  }
+  if (dims.size() != 1)
+    fail("{}: token arrays must be 1-D, this one has shape ({})", file, m[1].str());
+  h.length = dims[0];
+  return h;
+}
+
+}  // namespace
+
+std::vector<int32_t> read_npy_tokens(const std::filesystem::path& path) {
+  const std::string file = path.string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) fail("{}: cannot open", file);
+  char preamble[8];
+  if (!in.read(preamble, 8) || std::memcmp(preamble, kMagic, 6) != 0)
+    fail("{}: not a .npy file (bad magic)", file);
+  const int major = static_cast<unsigned char>(preamble[6]);
+  uint64_t header_length = 0;
+  if (major == 1) {
+    unsigned char b[2];
+    if (!in.read(reinterpret_cast<char*>(b), 2)) fail("{}: truncated .npy header", file);
+    header_length = b[0] | (b[1] << 8);
+  } else if (major == 2 || major == 3) {
+    unsigned char b[4];
+    if (!in.read(reinterpret_cast<char*>(b), 4)) fail("{}: truncated .npy header", file);
+    header_length = b[0] | (b[1] << 8) | (b[2] << 16) | (static_cast<uint64_t>(b[3]) << 24);
+  } else {
+    fail("{}: .npy format version {} is not supported", file, major);
+  }
+  if (header_length > kMaxHeader) fail("{}: .npy header length {} is implausible", file, header_length);
+  std::string text(header_length, '\0');
+  if (!in.read(text.data(), static_cast<std::streamsize>(header_length))) fail("{}: truncated .npy header", file);
+  const Header h = parse_header(text, file);
+
+  const uint64_t bytes = static_cast<uint64_t>(h.length) * static_cast<uint64_t>(h.size);
+  std::vector<unsigned char> raw(bytes);
+  if (!in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(bytes)))
+    fail("{}: truncated: the header promises {} elements ({} bytes)", file, h.length, bytes);
+  std::vector<int32_t> ids(static_cast<size_t>(h.length));
+  for (int64_t i = 0; i < h.length; ++i) {
+    uint64_t u = 0;
+    for (int b = 0; b < h.size; ++b) u |= static_cast<uint64_t>(raw[static_cast<size_t>(i * h.size + b)]) << (8 * b);
+    int64_t value = static_cast<int64_t>(u);
+    if (h.kind == 'i' && h.size < 8 && (u >> (8 * h.size - 1)) & 1) value -= int64_t(1) << (8 * h.size);
+    if (value < 0 || value > INT32_MAX) fail("{}: token {} at index {} is out of range", file, value, i);
+    ids[static_cast<size_t>(i)] = static_cast<int32_t>(value);
+  }
+  return ids;
+}
+
+}  // namespace dj

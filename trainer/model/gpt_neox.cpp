@@ -1,0 +1,341 @@
+#include "trainer/model/gpt_neox.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <set>
+
+#include "kernels/core/error.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/embedding.h"
+#include "kernels/cpu/gelu.h"
+#include "kernels/cpu/gemm.h"
+#include "kernels/cpu/layernorm.h"
+#include "kernels/cpu/rotary.h"
+
+namespace dj {
+
+namespace {
+
+template <typename T>
+void add_into(T* out, const T* a, const T* b, int64_t n) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+// [B, S, H, 3, d] (the fused projection's row layout) <-> three [B, H, S, d] tensors.
+template <typename T>
+void split_qkv(T* q, T* k, T* v, const T* qkv, int64_t B, int64_t S, int64_t H, int64_t d) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t s = 0; s < S; ++s) {
+        const T* row = qkv + ((b * S + s) * H + h) * 3 * d;
+        const int64_t o = ((b * H + h) * S + s) * d;
+        std::copy(row, row + d, q + o);
+        std::copy(row + d, row + 2 * d, k + o);
+        std::copy(row + 2 * d, row + 3 * d, v + o);
+      }
+}
+
+template <typename T>
+void join_qkv(T* qkv, const T* q, const T* k, const T* v, int64_t B, int64_t S, int64_t H, int64_t d) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t s = 0; s < S; ++s) {
+        T* row = qkv + ((b * S + s) * H + h) * 3 * d;
+        const int64_t o = ((b * H + h) * S + s) * d;
+        std::copy(q + o, q + o + d, row);
+        std::copy(k + o, k + o + d, row + d);
+        std::copy(v + o, v + o + d, row + 2 * d);
+      }
+}
+
+// [B, H, S, d] <-> [B, S, H * d] (heads merged into head-major channels).
+template <typename T>
+void merge_heads(T* merged, const T* heads, int64_t B, int64_t S, int64_t H, int64_t d) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t h = 0; h < H; ++h) {
+        const T* src = heads + ((b * H + h) * S + s) * d;
+        std::copy(src, src + d, merged + ((b * S + s) * H + h) * d);
+      }
+}
+
+template <typename T>
+void split_heads(T* heads, const T* merged, int64_t B, int64_t S, int64_t H, int64_t d) {
+#pragma omp parallel for collapse(2) schedule(static)
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t s = 0; s < S; ++s)
+      for (int64_t h = 0; h < H; ++h) {
+        const T* src = merged + ((b * S + s) * H + h) * d;
+        std::copy(src, src + d, heads + ((b * H + h) * S + s) * d);
+      }
+}
+
+}  // namespace
+
+template <typename T>
+GPTNeoX<T>::GPTNeoX(ModelConfig config)
+    : config_(std::move(config)),
+      layout_(ParameterLayout::gpt_neox(config_)),
+      params_(static_cast<size_t>(layout_.total())) {}
+
+template <typename T>
+void GPTNeoX<T>::load(const TensorMap& tensors, const std::string& source) {
+  check_tensors(layout_, config_, tensors, source);
+  for (const auto& view : layout_.views()) {
+    const Tensor converted = tensors.at(view.name).to(dtype_of<T>());
+    std::memcpy(params_.data() + view.offset, converted.bytes(), converted.nbytes());
+  }
+}
+
+template <typename T>
+TensorMap GPTNeoX<T>::to_tensors(DType dtype) const {
+  if (!is_floating(dtype)) fail("parameters can only be written as a floating dtype, not {}", dtype_name(dtype));
+  TensorMap out;
+  for (const auto& view : layout_.views()) {
+    Tensor t(dtype_of<T>(), view.shape);
+    std::memcpy(t.bytes(), params_.data() + view.offset, t.nbytes());
+    out.emplace(view.name, dtype == dtype_of<T>() ? t : t.to(dtype));
+  }
+  return out;
+}
+
+template <typename T>
+const T* GPTNeoX<T>::output_embedding() const {
+  return parameter(config_.tie_word_embeddings ? "gpt_neox.embed_in.weight" : "embed_out.weight");
+}
+
+template <typename T>
+T* GPTNeoX<T>::output_embedding_gradient() {
+  return gradient(config_.tie_word_embeddings ? "gpt_neox.embed_in.weight" : "embed_out.weight");
+}
+
+template <typename T>
+void GPTNeoX<T>::zero_gradients() {
+  grads_.assign(params_.size(), T(0));
+}
+
+template <typename T>
+void GPTNeoX<T>::resize_activations(int64_t batch, int64_t seq) {
+  Activations& a = acts_;
+  a.logits_hold_gradient = false;
+  if (a.batch == batch && a.seq == seq) return;
+  const auto N = static_cast<size_t>(batch * seq);
+  const auto D = static_cast<size_t>(config_.hidden_size);
+  const auto F = static_cast<size_t>(config_.intermediate_size);
+  const auto H = static_cast<size_t>(config_.num_heads);
+  const auto V = static_cast<size_t>(config_.vocab_size);
+  a.batch = batch;
+  a.seq = seq;
+  a.ids.resize(N);
+  a.targets.resize(N);
+  a.layers.resize(static_cast<size_t>(config_.num_layers));
+  for (auto& l : a.layers) {
+    for (auto* v : {&l.input, &l.ln1, &l.q, &l.k, &l.v, &l.attn, &l.merged, &l.ln2}) v->resize(N * D);
+    for (auto* v : {&l.ln1_mean, &l.ln1_rstd, &l.ln2_mean, &l.ln2_rstd}) v->resize(N);
+    l.lse.resize(N * H);
+    l.mid.resize(config_.use_parallel_residual ? 0 : N * D);
+    l.pre_gelu.resize(N * F);
+    l.post_gelu.resize(N * F);
+  }
+  for (auto* v : {&a.final_input, &a.final_ln, &a.dq, &a.dk, &a.dv, &a.dattn, &a.nd_a, &a.nd_b,
+                  &a.nd_c, &a.dres_a, &a.dres_b})
+    v->resize(N * D);
+  a.final_mean.resize(N);
+  a.final_rstd.resize(N);
+  a.qkv.resize(N * 3 * D);
+  a.nf.resize(N * F);
+  a.logits.resize(N * V);
+}
+
+template <typename T>
+double GPTNeoX<T>::forward(const int32_t* ids, int64_t batch, int64_t seq) {
+  const LossSum loss = forward_loss_sum(ids, batch, seq);
+  return loss.count > 0 ? loss.sum / static_cast<double>(loss.count) : 0.0;
+}
+
+template <typename T>
+typename GPTNeoX<T>::LossSum GPTNeoX<T>::forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq) {
+  if (batch <= 0 || seq <= 0) fail("forward needs a positive batch and sequence length, got {}x{}", batch, seq);
+  resize_activations(batch, seq);
+  Activations& a = acts_;
+  const int64_t N = batch * seq, D = config_.hidden_size, V = config_.vocab_size;
+  std::copy(ids, ids + N, a.ids.begin());
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t s = 0; s < seq; ++s)
+      a.targets[static_cast<size_t>(b * seq + s)] = s + 1 < seq ? ids[b * seq + s + 1] : -1;
+  a.predictions = batch * (seq - 1);
+
+  cpu::embedding_forward(a.layers[0].input.data(), ids, parameter("gpt_neox.embed_in.weight"), N, V, D);
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    T* out = l + 1 < config_.num_layers ? a.layers[static_cast<size_t>(l + 1)].input.data() : a.final_input.data();
+    layer_forward(l, a.layers[static_cast<size_t>(l)].input.data(), out);
+  }
+  cpu::layernorm_forward(a.final_ln.data(), a.final_mean.data(), a.final_rstd.data(), a.final_input.data(),
+                         parameter("gpt_neox.final_layer_norm.weight"),
+                         parameter("gpt_neox.final_layer_norm.bias"), N, D, config_.layer_norm_eps);
+  cpu::linear_forward<T>(a.logits.data(), a.final_ln.data(), output_embedding(), nullptr, N, D, V);
+  // The logits stay intact for the caller; the backward recomputes the softmax from them.
+  LossSum loss;
+  const auto result = cpu::softmax_cross_entropy<T>(a.logits.data(), a.targets.data(), N, V, false, T(0));
+  loss.sum = result.loss_sum;
+  loss.count = result.count;
+  return loss;
+}
+
+template <typename T>
+void GPTNeoX<T>::layer_forward(int64_t l, const T* x, T* out) {
+  LayerActivations& a = acts_.layers[static_cast<size_t>(l)];
+  const std::string p = layer_prefix(l);
+  const int64_t N = acts_.batch * acts_.seq, D = config_.hidden_size;
+  T* attn_out = acts_.nd_a.data();
+  T* mlp_out = acts_.nd_b.data();
+  cpu::layernorm_forward(a.ln1.data(), a.ln1_mean.data(), a.ln1_rstd.data(), x,
+                         parameter(p + "input_layernorm.weight"), parameter(p + "input_layernorm.bias"),
+                         N, D, config_.layer_norm_eps);
+  attention_forward(l, a.ln1.data(), attn_out);
+  // Parallel residual: LN2 reads the layer input; sequential: it reads x + attention.
+  const T* mlp_in = x;
+  if (!config_.use_parallel_residual) {
+    add_into(a.mid.data(), x, attn_out, N * D);
+    mlp_in = a.mid.data();
+  }
+  cpu::layernorm_forward(a.ln2.data(), a.ln2_mean.data(), a.ln2_rstd.data(), mlp_in,
+                         parameter(p + "post_attention_layernorm.weight"),
+                         parameter(p + "post_attention_layernorm.bias"), N, D, config_.layer_norm_eps);
+  mlp_forward(l, a.ln2.data(), mlp_out);
+  if (config_.use_parallel_residual) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < N * D; ++i) out[i] = x[i] + (mlp_out[i] + attn_out[i]);
+  } else {
+    add_into(out, a.mid.data(), mlp_out, N * D);
+  }
+}
+
+template <typename T>
+void GPTNeoX<T>::attention_forward(int64_t l, const T* ln_out, T* attn_out) {
+  LayerActivations& a = acts_.layers[static_cast<size_t>(l)];
+  const std::string p = layer_prefix(l);
+  const int64_t B = acts_.batch, S = acts_.seq, N = B * S, D = config_.hidden_size;
+  const int64_t H = config_.num_heads, d = config_.head_dim(), r = config_.rotary_dims();
+  const T* qkv_bias = config_.attention_bias ? parameter(p + "attention.query_key_value.bias") : nullptr;
+  const T* dense_bias = config_.attention_bias ? parameter(p + "attention.dense.bias") : nullptr;
+  cpu::linear_forward(acts_.qkv.data(), ln_out, parameter(p + "attention.query_key_value.weight"), qkv_bias, N, D, 3 * D);
+  split_qkv(a.q.data(), a.k.data(), a.v.data(), acts_.qkv.data(), B, S, H, d);
+  cpu::rotary_forward(a.q.data(), B * H, S, d, r, config_.rotary_emb_base);
+  cpu::rotary_forward(a.k.data(), B * H, S, d, r, config_.rotary_emb_base);
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
+  cpu::causal_attention_forward(a.attn.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), B * H, S, d, scale);
+  merge_heads(a.merged.data(), a.attn.data(), B, S, H, d);
+  cpu::linear_forward(attn_out, a.merged.data(), parameter(p + "attention.dense.weight"), dense_bias, N, D, D);
+}
+
+template <typename T>
+void GPTNeoX<T>::mlp_forward(int64_t l, const T* ln_out, T* mlp_out) {
+  LayerActivations& a = acts_.layers[static_cast<size_t>(l)];
+  const std::string p = layer_prefix(l);
+  const int64_t N = acts_.batch * acts_.seq, D = config_.hidden_size, F = config_.intermediate_size;
+  cpu::linear_forward(a.pre_gelu.data(), ln_out, parameter(p + "mlp.dense_h_to_4h.weight"),
+                      parameter(p + "mlp.dense_h_to_4h.bias"), N, D, F);
+  cpu::gelu_forward(a.post_gelu.data(), a.pre_gelu.data(), N * F, config_.gelu_kind());
+  cpu::linear_forward(mlp_out, a.post_gelu.data(), parameter(p + "mlp.dense_4h_to_h.weight"),
+                      parameter(p + "mlp.dense_4h_to_h.bias"), N, F, D);
+}
+
+template <typename T>
+void GPTNeoX<T>::backward() {
+  Activations& a = acts_;
+  if (a.batch == 0 || a.logits_hold_gradient) fail("backward needs a fresh forward pass first");
+  const int64_t N = a.batch * a.seq, D = config_.hidden_size, V = config_.vocab_size;
+  if (grads_.size() != params_.size()) zero_gradients();
+  if (a.predictions == 0) return;  // sequences of one token predict nothing
+  const T grad_scale = static_cast<T>(1.0 / static_cast<double>(a.predictions));
+  cpu::softmax_cross_entropy<T>(a.logits.data(), a.targets.data(), N, V, true, grad_scale);
+  a.logits_hold_gradient = true;
+
+  T* dfinal_ln = a.nd_a.data();
+  cpu::linear_backward<T>(dfinal_ln, output_embedding_gradient(), nullptr, a.logits.data(), a.final_ln.data(),
+                          output_embedding(), N, D, V, false);
+  std::fill(a.dres_a.begin(), a.dres_a.end(), T(0));
+  cpu::layernorm_backward(a.dres_a.data(), gradient("gpt_neox.final_layer_norm.weight"),
+                          gradient("gpt_neox.final_layer_norm.bias"), dfinal_ln, a.final_input.data(),
+                          parameter("gpt_neox.final_layer_norm.weight"), a.final_mean.data(),
+                          a.final_rstd.data(), N, D);
+  T* dout = a.dres_a.data();
+  T* dx = a.dres_b.data();
+  for (int64_t l = config_.num_layers - 1; l >= 0; --l) {
+    layer_backward(l, dout, dx);
+    std::swap(dout, dx);
+  }
+  cpu::embedding_backward(gradient("gpt_neox.embed_in.weight"), dout, a.ids.data(), N, D);
+}
+
+template <typename T>
+void GPTNeoX<T>::layer_backward(int64_t l, const T* dout, T* dx) {
+  LayerActivations& a = acts_.layers[static_cast<size_t>(l)];
+  const std::string p = layer_prefix(l);
+  const int64_t N = acts_.batch * acts_.seq, D = config_.hidden_size;
+  T* dln = acts_.nd_b.data();
+  const auto ln_backward = [&](T* dinput, const std::string& name, const T* input, const T* mean, const T* rstd) {
+    cpu::layernorm_backward(dinput, gradient(p + name + ".weight"), gradient(p + name + ".bias"), dln, input,
+                            parameter(p + name + ".weight"), mean, rstd, N, D);
+  };
+  // Parallel: out = x + attn(LN1 x) + mlp(LN2 x). Sequential: mid = x + attn(LN1 x),
+  // out = mid + mlp(LN2 mid). In both, the residual carries dout straight through.
+  std::copy(dout, dout + N * D, dx);
+  mlp_backward(l, dout, dln);
+  if (config_.use_parallel_residual) {
+    ln_backward(dx, "post_attention_layernorm", a.input.data(), a.ln2_mean.data(), a.ln2_rstd.data());
+    attention_backward(l, dout, dln);
+  } else {
+    ln_backward(dx, "post_attention_layernorm", a.mid.data(), a.ln2_mean.data(), a.ln2_rstd.data());
+    attention_backward(l, dx, dln);  // dx now holds d mid
+  }
+  ln_backward(dx, "input_layernorm", a.input.data(), a.ln1_mean.data(), a.ln1_rstd.data());
+}
+
+template <typename T>
+void GPTNeoX<T>::attention_backward(int64_t l, const T* dattn_out, T* dln) {
+  LayerActivations& a = acts_.layers[static_cast<size_t>(l)];
+  const std::string p = layer_prefix(l);
+  const int64_t B = acts_.batch, S = acts_.seq, N = B * S, D = config_.hidden_size;
+  const int64_t H = config_.num_heads, d = config_.head_dim(), r = config_.rotary_dims();
+  const bool bias = config_.attention_bias;
+  T* dmerged = acts_.nd_c.data();
+  cpu::linear_backward<T>(dmerged, gradient(p + "attention.dense.weight"),
+                          bias ? gradient(p + "attention.dense.bias") : nullptr, dattn_out, a.merged.data(),
+                          parameter(p + "attention.dense.weight"), N, D, D, false);
+  split_heads(acts_.dattn.data(), dmerged, B, S, H, d);
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
+  cpu::causal_attention_backward(acts_.dq.data(), acts_.dk.data(), acts_.dv.data(), acts_.dattn.data(), a.q.data(),
+                                 a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), B * H, S, d, scale);
+  cpu::rotary_backward(acts_.dq.data(), B * H, S, d, r, config_.rotary_emb_base);
+  cpu::rotary_backward(acts_.dk.data(), B * H, S, d, r, config_.rotary_emb_base);
+  join_qkv(acts_.qkv.data(), acts_.dq.data(), acts_.dk.data(), acts_.dv.data(), B, S, H, d);
+  cpu::linear_backward<T>(dln, gradient(p + "attention.query_key_value.weight"),
+                          bias ? gradient(p + "attention.query_key_value.bias") : nullptr, acts_.qkv.data(),
+                          a.ln1.data(), parameter(p + "attention.query_key_value.weight"), N, D, 3 * D, false);
+}
+
+template <typename T>
+void GPTNeoX<T>::mlp_backward(int64_t l, const T* dmlp_out, T* dln) {
+  LayerActivations& a = acts_.layers[static_cast<size_t>(l)];
+  const std::string p = layer_prefix(l);
+  const int64_t N = acts_.batch * acts_.seq, D = config_.hidden_size, F = config_.intermediate_size;
+  T* dhidden = acts_.nf.data();
+  cpu::linear_backward<T>(dhidden, gradient(p + "mlp.dense_4h_to_h.weight"), gradient(p + "mlp.dense_4h_to_h.bias"),
+                          dmlp_out, a.post_gelu.data(), parameter(p + "mlp.dense_4h_to_h.weight"), N, F, D, false);
+  cpu::gelu_backward(dhidden, dhidden, a.pre_gelu.data(), N * F, config_.gelu_kind());
+  cpu::linear_backward<T>(dln, gradient(p + "mlp.dense_h_to_4h.weight"), gradient(p + "mlp.dense_h_to_4h.bias"),
+                          dhidden, a.ln2.data(), parameter(p + "mlp.dense_h_to_4h.weight"), N, D, F, false);
+}
+
+template class GPTNeoX<float>;
+template class GPTNeoX<double>;
+
+}  // namespace dj

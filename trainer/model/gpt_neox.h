@@ -1,0 +1,95 @@
+// The GPT-NeoX (Pythia) causal language model on the CPU with an explicit forward and backward
+// per layer, following shared/reference/pythia.md section 2. T is float (training, evaluation)
+// or double (reference evaluations and finite-difference tests).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "trainer/checkpoint/tensor_map.h"
+#include "trainer/model/config.h"
+#include "trainer/model/parameters.h"
+
+namespace dj {
+
+template <typename T>
+class GPTNeoX {
+ public:
+  explicit GPTNeoX(ModelConfig config);
+
+  const ModelConfig& config() const { return config_; }
+  const ParameterLayout& layout() const { return layout_; }
+  std::vector<T>& parameters() { return params_; }
+  const std::vector<T>& parameters() const { return params_; }
+  // Allocated (zeroed) by the first zero_gradients() or backward(); empty before.
+  std::vector<T>& gradients() { return grads_; }
+  T* parameter(const std::string& name) { return params_.data() + layout_.view(name).offset; }
+  const T* parameter(const std::string& name) const { return params_.data() + layout_.view(name).offset; }
+  T* gradient(const std::string& name) { return grads_.data() + layout_.view(name).offset; }
+
+  // Copies checkpoint tensors into the parameter buffer, converting from their stored dtype,
+  // after check_tensors() has validated them; `source` names the checkpoint in errors.
+  void load(const TensorMap& tensors, const std::string& source);
+  // The parameters as named tensors of the given floating dtype.
+  TensorMap to_tensors(DType dtype) const;
+
+  // ids [batch, seq]. Returns the mean next-token cross-entropy over batch * (seq - 1)
+  // predictions (Hugging Face's loss with labels = ids); logits() holds [batch, seq, vocab].
+  double forward(const int32_t* ids, int64_t batch, int64_t seq);
+  // As forward, plus the sum of losses and number of predictions, for exact averaging across
+  // windows of different lengths.
+  struct LossSum {
+    double sum = 0.0;
+    int64_t count = 0;
+  };
+  LossSum forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq);
+  // Accumulates (+=) the gradient of the last forward's mean loss into gradients().
+  // The logits buffer is consumed (overwritten by its gradient).
+  void backward();
+  void zero_gradients();
+
+  const std::vector<T>& logits() const { return acts_.logits; }
+
+ private:
+  struct LayerActivations {
+    std::vector<T> input;                   // residual stream entering the layer [N, D]
+    std::vector<T> ln1, ln1_mean, ln1_rstd;  // [N, D], [N], [N]
+    std::vector<T> q, k, v, attn, lse;       // [B, H, S, d] (q, k after rotary), lse [B, H, S]
+    std::vector<T> merged;                  // attention output, heads merged [N, D]
+    std::vector<T> mid;                     // sequential residual: x + attention [N, D]
+    std::vector<T> ln2, ln2_mean, ln2_rstd;
+    std::vector<T> pre_gelu, post_gelu;     // [N, F]
+  };
+  struct Activations {
+    int64_t batch = 0, seq = 0;
+    std::vector<int32_t> ids, targets;
+    std::vector<LayerActivations> layers;
+    std::vector<T> final_input, final_ln, final_mean, final_rstd;
+    std::vector<T> logits;
+    int64_t predictions = 0;
+    bool logits_hold_gradient = false;
+    // Scratch reused by every layer: fused qkv (and its gradient), per-head gradients, [N, D]
+    // and [N, F] temporaries, and the two residual-gradient buffers of the backward.
+    std::vector<T> qkv, dq, dk, dv, dattn, nd_a, nd_b, nd_c, nf, dres_a, dres_b;
+  };
+
+  const T* output_embedding() const;
+  T* output_embedding_gradient();
+  void resize_activations(int64_t batch, int64_t seq);
+  void layer_forward(int64_t l, const T* x, T* out);
+  void layer_backward(int64_t l, const T* dout, T* dx);
+  void attention_forward(int64_t l, const T* ln_out, T* attn_out);
+  void attention_backward(int64_t l, const T* dattn_out, T* dln);
+  void mlp_forward(int64_t l, const T* ln_out, T* mlp_out);
+  void mlp_backward(int64_t l, const T* dmlp_out, T* dln);
+
+  ModelConfig config_;
+  ParameterLayout layout_;
+  std::vector<T> params_, grads_;
+  Activations acts_;
+};
+
+extern template class GPTNeoX<float>;
+extern template class GPTNeoX<double>;
+
+}  // namespace dj

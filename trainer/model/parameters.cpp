@@ -1,0 +1,91 @@
+#include "trainer/model/parameters.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/core/error.h"
+
+namespace dj {
+
+std::string layer_prefix(int64_t layer) { return fmt::format("gpt_neox.layers.{}.", layer); }
+
+void ParameterLayout::add(const std::string& name, Shape shape) {
+  if (contains(name)) fail("parameter '{}' declared twice", name);
+  index_[name] = views_.size();
+  views_.push_back({name, total_, shape});
+  total_ += shape_numel(shape);
+}
+
+const ParameterView& ParameterLayout::view(const std::string& name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) fail("no parameter named '{}'", name);
+  return views_[it->second];
+}
+
+namespace {
+std::string name_list(const std::vector<std::string>& names) {
+  constexpr size_t kShown = 5;
+  std::string out;
+  for (size_t i = 0; i < std::min(names.size(), kShown); ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > kShown) out += fmt::format(" (and {} more)", names.size() - kShown);
+  return out;
+}
+}  // namespace
+
+void check_tensors(const ParameterLayout& layout, const ModelConfig& config, const TensorMap& tensors,
+                   const std::string& source) {
+  std::vector<std::string> missing, unexpected;
+  for (const auto& view : layout.views()) {
+    auto it = tensors.find(view.name);
+    if (it == tensors.end()) {
+      missing.push_back(view.name);
+      continue;
+    }
+    const Tensor& tensor = it->second;
+    if (tensor.shape() != view.shape)
+      fail("{}: tensor '{}' has shape {}, the config needs {}", source, view.name,
+           shape_string(tensor.shape()), shape_string(view.shape));
+    if (!is_floating(tensor.dtype()))
+      fail("{}: tensor '{}' has dtype {}, expected a floating type", source, view.name,
+           dtype_name(tensor.dtype()));
+  }
+  for (const auto& [name, tensor] : tensors) {
+    if (layout.contains(name)) continue;
+    if (config.tie_word_embeddings && name == "embed_out.weight") {
+      const Tensor& input = tensors.count("gpt_neox.embed_in.weight") ? tensors.at("gpt_neox.embed_in.weight") : tensor;
+      if (tensor.shape() != input.shape() || tensor.to(DType::F64).to_f64_vector() != input.to(DType::F64).to_f64_vector())
+        fail("{}: tie_word_embeddings is set but embed_out.weight differs from gpt_neox.embed_in.weight", source);
+      continue;
+    }
+    unexpected.push_back(name);
+  }
+  if (!missing.empty()) fail("{}: missing tensors: {}", source, name_list(missing));
+  if (!unexpected.empty()) fail("{}: unexpected tensors: {}", source, name_list(unexpected));
+}
+
+ParameterLayout ParameterLayout::gpt_neox(const ModelConfig& c) {
+  const int64_t D = c.hidden_size, F = c.intermediate_size;
+  ParameterLayout layout;
+  layout.add("gpt_neox.embed_in.weight", {c.vocab_size, D});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string p = layer_prefix(l);
+    layout.add(p + "input_layernorm.weight", {D});
+    layout.add(p + "input_layernorm.bias", {D});
+    layout.add(p + "post_attention_layernorm.weight", {D});
+    layout.add(p + "post_attention_layernorm.bias", {D});
+    layout.add(p + "attention.query_key_value.weight", {3 * D, D});
+    if (c.attention_bias) layout.add(p + "attention.query_key_value.bias", {3 * D});
+    layout.add(p + "attention.dense.weight", {D, D});
+    if (c.attention_bias) layout.add(p + "attention.dense.bias", {D});
+    layout.add(p + "mlp.dense_h_to_4h.weight", {F, D});
+    layout.add(p + "mlp.dense_h_to_4h.bias", {F});
+    layout.add(p + "mlp.dense_4h_to_h.weight", {D, F});
+    layout.add(p + "mlp.dense_4h_to_h.bias", {D});
+  }
+  layout.add("gpt_neox.final_layer_norm.weight", {D});
+  layout.add("gpt_neox.final_layer_norm.bias", {D});
+  if (!c.tie_word_embeddings) layout.add("embed_out.weight", {c.vocab_size, D});
+  return layout;
+}
+
+}  // namespace dj

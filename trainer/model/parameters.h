@@ -1,0 +1,48 @@
+// Flat parameter buffers with named views. Parameters, gradients (and later optimizer moments)
+// each live in one contiguous buffer laid out by a ParameterLayout, so clipping, all-reduce,
+// sharding and checkpointing work on slices rather than on lists of tensors.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kernels/core/tensor.h"
+#include "trainer/checkpoint/tensor_map.h"
+#include "trainer/model/config.h"
+
+namespace dj {
+
+struct ParameterView {
+  std::string name;  // Hugging Face tensor name
+  int64_t offset = 0;
+  Shape shape;
+  int64_t numel() const { return shape_numel(shape); }
+};
+
+class ParameterLayout {
+ public:
+  // The GPT-NeoX parameters in Hugging Face order (embed_in, layers, final norm, embed_out).
+  static ParameterLayout gpt_neox(const ModelConfig& config);
+
+  void add(const std::string& name, Shape shape);
+  const std::vector<ParameterView>& views() const { return views_; }
+  const ParameterView& view(const std::string& name) const;  // throws dj::Error if absent
+  bool contains(const std::string& name) const { return index_.count(name) != 0; }
+  int64_t total() const { return total_; }
+
+ private:
+  std::vector<ParameterView> views_;
+  std::map<std::string, size_t> index_;
+  int64_t total_ = 0;
+};
+
+std::string layer_prefix(int64_t layer);
+
+// Checks that checkpoint tensors match a layout exactly: no missing or unexpected names, every
+// shape as declared, floating dtypes. With tied embeddings an `embed_out.weight` equal to
+// `gpt_neox.embed_in.weight` is tolerated (some writers store both). `source` names the checkpoint.
+void check_tensors(const ParameterLayout& layout, const ModelConfig& config, const TensorMap& tensors,
+                   const std::string& source);  // "gpt_neox.layers.{layer}."
+
+}  // namespace dj

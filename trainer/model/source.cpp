@@ -1,0 +1,39 @@
+#include "trainer/model/source.h"
+
+#include "kernels/core/error.h"
+#include "trainer/checkpoint/hf_directory.h"
+#include "trainer/checkpoint/native.h"
+
+namespace dj {
+
+ModelSource read_model_source(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(path)) fail("{}: no such file or directory", path.string());
+  ModelSource source;
+  source.path = path;
+  if (is_native_checkpoint(path)) {
+    NativeCheckpoint checkpoint = read_native_checkpoint(path);
+    source.kind = ModelSource::Kind::Native;
+    source.hf_config = std::move(checkpoint.config);
+    source.metadata = std::move(checkpoint.metadata);
+    source.tensors = std::move(checkpoint.tensors);
+    source.config = ModelConfig::from_hf_json(source.hf_config, path.string() + " (config attribute)");
+  } else if (is_hf_directory(path)) {
+    HFCheckpoint checkpoint = read_hf_directory(path);
+    source.kind = ModelSource::Kind::HuggingFace;
+    source.hf_config = std::move(checkpoint.config);
+    source.tensors = std::move(checkpoint.tensors);
+    source.config = ModelConfig::from_hf_json(source.hf_config, (path / "config.json").string());
+  } else if (fs::is_directory(path)) {
+    fail("{}: neither a Hugging Face model directory (config.json with model.safetensors, "
+         "pytorch_model.bin or a sharded index) nor a native checkpoint directory",
+         path.string());
+  } else {
+    fail("{}: not a native checkpoint (no HDF5 signature); pass a Hugging Face model directory or "
+         "a file written by `dijiang convert`",
+         path.string());
+  }
+  return source;
+}
+
+}  // namespace dj

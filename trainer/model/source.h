@@ -1,0 +1,28 @@
+// Where a model comes from: a Hugging Face directory or a native checkpoint (file or directory).
+#pragma once
+#include <filesystem>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "trainer/checkpoint/tensor_map.h"
+#include "trainer/model/config.h"
+
+namespace dj {
+
+struct ModelSource {
+  enum class Kind { HuggingFace, Native };
+  Kind kind = Kind::HuggingFace;
+  std::filesystem::path path;
+  nlohmann::json hf_config;  // the GPT-NeoX config.json fields
+  nlohmann::json metadata = nlohmann::json::object();
+  ModelConfig config;
+  TensorMap tensors;
+
+  std::string kind_name() const { return kind == Kind::HuggingFace ? "Hugging Face directory" : "native checkpoint"; }
+};
+
+// Reads config and tensors; the tensors are validated against the config when a model loads them.
+ModelSource read_model_source(const std::filesystem::path& path);
+
+}  // namespace dj
