@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Shared set-up for the launch scripts: installs the Debian packages the build needs (only those
+# missing, so it is idempotent and fast on a prepared machine), then configures and builds.
+# Source it: `source launch/setup.sh`. Honours BUILD_DIR (default build) and BUILD_TYPE (Release).
+set -euo pipefail
+
+DIJIANG_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${BUILD_DIR:-$DIJIANG_ROOT/build}"
+BUILD_TYPE="${BUILD_TYPE:-Release}"
+
+DIJIANG_PACKAGES=(
+  build-essential cmake ninja-build pkg-config
+  libopenblas-dev libhdf5-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  libzip-dev libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin
+)
+
+dijiang_install_packages() {
+  local missing=()
+  for package in "${DIJIANG_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then return 0; fi
+  echo "setup: installing ${missing[*]}"
+  local sudo=()
+  if [ "$(id -u)" -ne 0 ]; then sudo=(sudo); fi
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+dijiang_build() {
+  # nvcc lives outside the default PATH on many machines; CMake then builds the CUDA backend too.
+  if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH="/usr/local/cuda/bin:$PATH"; fi
+  local werror=OFF
+  if [ "${CI:-}" = "true" ]; then werror=ON; fi
+  cmake -S "$DIJIANG_ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE="$BUILD_TYPE" \
+    -DDIJIANG_WERROR="$werror" ${DIJIANG_CMAKE_ARGS:-} >/dev/null
+  cmake --build "$BUILD_DIR" --parallel "$(nproc)"
+}
+
+# OpenBLAS picks its kernels from the CPU model when it loads; on models newer than the packaged
+# release it falls back to generic SSE kernels. Name the right family from the CPU's features then.
+dijiang_blas_coretype() {
+  if [ -n "${OPENBLAS_CORETYPE:-}" ]; then return 0; fi
+  local core
+  core=$(OPENBLAS_VERBOSE=2 "$BUILD_DIR/dijiang" --version 2>&1 | sed -n 's/^Core: //p')
+  if [ "$core" != "Prescott" ]; then return 0; fi
+  if grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
+  elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell
+  fi
+}
+
+dijiang_install_packages
+dijiang_build
+dijiang_blas_coretype
+DIJIANG="$BUILD_DIR/dijiang"
