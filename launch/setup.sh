@@ -11,7 +11,7 @@ BUILD_TYPE="${BUILD_TYPE:-Release}"
 DIJIANG_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libopenblas-dev libhdf5-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
-  libzip-dev libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin
+  libzip-dev libplplot-dev plplot-driver-cairo libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin
 )
 
 dijiang_install_packages() {

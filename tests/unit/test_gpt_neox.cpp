@@ -5,7 +5,7 @@
 #include <random>
 
 #include "fixture_paths.h"
-#include "gradcheck.h"
+#include "model_test_support.h"
 #include "kernels/core/error.h"
 #include "trainer/checkpoint/safetensors.h"
 #include "trainer/data/npy.h"
@@ -30,6 +30,8 @@ struct Golden {
   std::string weights;   // f32, bin, sharded, ...
   std::string expected;  // expected.safetensors, expected_f16.safetensors, ...
 };
+
+void PrintTo(const Golden& g, std::ostream* os) { *os << g.model << "/" << g.weights; }
 
 class GPTNeoXGolden : public ::testing::TestWithParam<Golden> {};
 
@@ -108,64 +110,18 @@ TEST(GPTNeoX, WindowedEvaluationMatchesGolden) {
   }
 }
 
-// A small model with every feature on, in fp64: the analytic gradient of the loss against central
-// differences for a sample of components of every parameter tensor.
-ModelConfig tiny_config(bool parallel, const std::string& act) {
-  ModelConfig c;
-  c.vocab_size = 23;
-  c.hidden_size = 12;
-  c.num_layers = 2;
-  c.num_heads = 3;
-  c.intermediate_size = 20;
-  c.rotary_pct = 0.5;
-  c.rotary_emb_base = 100.0;
-  c.use_parallel_residual = parallel;
-  c.hidden_act = act;
-  return c;
-}
-
-void finite_difference_check(const ModelConfig& config) {
-  GPTNeoX<double> model(config);
-  std::mt19937_64 rng(7);
-  std::normal_distribution<double> normal(0.0, 0.3);
-  for (auto& p : model.parameters()) p = normal(rng);
-  const int64_t batch = 2, seq = 9;
-  std::vector<int32_t> ids(static_cast<size_t>(batch * seq));
-  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config.vocab_size - 1));
-  for (auto& id : ids) id = token(rng);
-
-  model.zero_gradients();
-  model.forward(ids.data(), batch, seq);
-  model.backward();
-  const std::vector<double> analytic = model.gradients();
-
-  test::GradCheckOptions options;
-  options.eps = 1e-5;  // the loss sums many terms: a larger step keeps rounding noise under 1e-10
-  for (const auto& view : model.layout().views()) {
-    std::uniform_int_distribution<int64_t> pick(0, view.numel() - 1);
-    for (int i = 0; i < 6; ++i) options.indices.push_back(static_cast<size_t>(view.offset + pick(rng)));
-  }
-  std::vector<double> x = model.parameters();
-  const auto loss = [&](std::vector<double>& params) {
-    model.parameters() = params;
-    return model.forward(ids.data(), batch, seq);
-  };
-  const test::GradCheckResult r = test::gradcheck(loss, x, analytic, options);
-  EXPECT_LE(r.max_error, 1e-6) << r;
-}
-
-TEST(GPTNeoX, FiniteDifferencesParallelResidualErfGelu) { finite_difference_check(tiny_config(true, "gelu")); }
-TEST(GPTNeoX, FiniteDifferencesSequentialResidualTanhGelu) { finite_difference_check(tiny_config(false, "gelu_new")); }
+TEST(GPTNeoX, FiniteDifferencesParallelResidualErfGelu) { test::finite_difference_check(test::tiny_config(true, "gelu")); }
+TEST(GPTNeoX, FiniteDifferencesSequentialResidualTanhGelu) { test::finite_difference_check(test::tiny_config(false, "gelu_new")); }
 
 TEST(GPTNeoX, TiedEmbeddingsAndNoAttentionBias) {
-  ModelConfig c = tiny_config(true, "gelu");
+  ModelConfig c = test::tiny_config(true, "gelu");
   c.tie_word_embeddings = true;
   c.attention_bias = false;
-  finite_difference_check(c);
+  test::finite_difference_check(c);
 }
 
 TEST(GPTNeoX, GradientsAccumulateAcrossBackwardCalls) {
-  const ModelConfig c = tiny_config(true, "gelu");
+  const ModelConfig c = test::tiny_config(true, "gelu");
   GPTNeoX<double> model(c);
   std::mt19937_64 rng(3);
   std::normal_distribution<double> normal(0.0, 0.3);

@@ -5,6 +5,7 @@
 #include "trainer/checkpoint/native.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/dtype_option.h"
+#include "trainer/model/dijiang_tensors.h"
 #include "trainer/model/parameters.h"
 #include "trainer/model/source.h"
 
@@ -12,8 +13,9 @@ namespace dj::cli {
 
 namespace {
 struct ConvertOptions {
-  std::string from, to, dtype = "f32";
+  std::string from, to, dtype = "f32", attention;
   int shards = 0;
+  DiJiangOptions dijiang;
 };
 }  // namespace
 
@@ -25,8 +27,33 @@ void register_convert(CLI::App& app) {
   cmd->add_option("--dtype", o->dtype, "stored dtype: f32 (default), f64, f16 or bf16")
       ->check(CLI::IsMember(floating_dtype_names()));
   cmd->add_option("--shards", o->shards, "write a directory of this many shard files")->check(CLI::Range(1, 65536));
+  auto* attention = cmd->add_option("--attention", o->attention, "softmax or dijiang (default: as the source)")
+                        ->check(CLI::IsMember({"softmax", "dijiang"}));
+  const auto dijiang_option = [&](CLI::Option* option) { option->needs(attention); };
+  dijiang_option(cmd->add_option("--seed", o->dijiang.seed, "seed of the feature sampling and W_G initialisation"));
+  dijiang_option(cmd->add_option("--sampling", o->dijiang.sampling, "qmc (default) or mc")
+                     ->check(CLI::IsMember({"qmc", "mc"})));
+  dijiang_option(cmd->add_option("--chunk", o->dijiang.chunk, "chunk size of the chunkwise form (default 64)")
+                     ->check(CLI::Range(int64_t{1}, int64_t{65536})));
+  dijiang_option(cmd->add_option("--form", o->dijiang.form, "parallel, chunkwise (default) or recurrent")
+                     ->check(CLI::IsMember({"parallel", "chunkwise", "recurrent"})));
+  dijiang_option(cmd->add_flag("--feature-weights", o->dijiang.feature_weights, "learned per-head feature weights"));
+  dijiang_option(cmd->add_flag("--learnable-decay", o->dijiang.learnable_decay, "train log γ (frozen by default)"));
+  dijiang_option(cmd->add_flag("--group-norm-per-head", o->dijiang.group_norm_per_head,
+                               "GroupNorm over H groups instead of head_dim groups"));
   cmd->callback([o] {
     ModelSource source = read_model_source(o->from);
+    if (o->attention == "softmax" && source.config.is_dijiang())
+      fail("{} has DiJiang attention; converting back to softmax attention is not supported", o->from);
+    if (o->attention == "dijiang" && source.config.is_dijiang())
+      fail("{} already has DiJiang attention", o->from);
+    if (o->attention == "dijiang") {
+      // Validate the pretrained tensors first, then add the new ones.
+      check_tensors(ParameterLayout::gpt_neox(source.config), source.config, source.tensors, source.path.string());
+      source.config.attention = AttentionKind::DiJiang;
+      source.config.dijiang = o->dijiang;
+      add_dijiang_tensors(source.tensors, source.config, DType::F64);
+    }
     // Every tensor is checked against the config before anything is written, then converted
     // straight from its stored dtype (one rounding at most).
     const ParameterLayout layout = ParameterLayout::gpt_neox(source.config);
@@ -45,7 +72,8 @@ void register_convert(CLI::App& app) {
       write_native_checkpoint_directory(o->to, checkpoint, o->shards);
     else
       write_native_checkpoint(o->to, checkpoint);
-    spdlog::info("wrote {} ({} tensors, {} parameters, {})", o->to, checkpoint.tensors.size(),
+    spdlog::info("wrote {} ({} attention, {} tensors, {} parameters, {})", o->to,
+                 source.config.is_dijiang() ? "DiJiang" : "softmax", checkpoint.tensors.size(),
                  source.config.parameter_count(), o->dtype);
   });
 }

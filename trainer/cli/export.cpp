@@ -9,6 +9,7 @@
 #include "trainer/checkpoint/safetensors.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/dtype_option.h"
+#include "trainer/model/dijiang_tensors.h"
 #include "trainer/model/parameters.h"
 #include "trainer/model/source.h"
 
@@ -56,6 +57,8 @@ void register_export(CLI::App& app) {
       const Tensor& tensor = source.tensors.at(view.name);
       tensors.emplace(view.name, tensor.dtype() == dtype ? tensor : tensor.to(dtype));
     }
+    // DiJiang models are written in the reference modeling code's layout (dijiang.md, section 5).
+    if (source.config.is_dijiang()) tensors = export_interchange(tensors, source.config, dtype);
     const fs::path tokenizer = find_tokenizer(*o, source);
     const nlohmann::json config = source.config.to_hf_json(source.hf_config, torch_dtype_name(o->dtype));
     // Refused without --force, with its own message so that the user learns about the flag.

@@ -51,6 +51,14 @@ void register_inspect(CLI::App& app) {
     std::printf("  residual %s, activation %s, layer_norm_eps %g, rotary base %g, max positions %lld\n",
                 c.use_parallel_residual ? "parallel" : "sequential", c.hidden_act.c_str(), c.layer_norm_eps,
                 c.rotary_emb_base, static_cast<long long>(c.max_position_embeddings));
+    if (c.is_dijiang())
+      std::printf("  attention DiJiang: sampling %s (seed %llu), form %s (chunk %lld), GroupNorm over %lld groups%s%s\n",
+                  c.dijiang.sampling.c_str(), static_cast<unsigned long long>(c.dijiang.seed), c.dijiang.form.c_str(),
+                  static_cast<long long>(c.dijiang.chunk), static_cast<long long>(c.group_norm_groups()),
+                  c.dijiang.feature_weights ? ", learned feature weights" : "",
+                  c.dijiang.learnable_decay ? ", learnable decay" : "");
+    else
+      std::printf("  attention softmax\n");
     std::printf("  parameters %lld (%.2fM) in %zu tensors\n", static_cast<long long>(c.parameter_count()),
                 static_cast<double>(c.parameter_count()) / 1e6, source.tensors.size());
     for (const auto& [dtype, count] : by_dtype)

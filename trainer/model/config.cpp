@@ -1,6 +1,8 @@
 #include "trainer/model/config.h"
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 
 #include "kernels/core/error.h"
 
@@ -30,6 +32,35 @@ T field(const nlohmann::json& json, const char* key, const std::string& source, 
   }
 }
 
+void parse_attention(const nlohmann::json& json, const std::string& source, ModelConfig& c) {
+  const auto kind = field<std::string>(json, "attention_kind", source, "softmax", false);
+  if (kind == "softmax") {
+    if (json.contains("dijiang")) fail("{}: 'dijiang' options given but attention_kind is softmax", source);
+    return;
+  }
+  if (kind != "dijiang") fail("{}: attention_kind '{}' is not supported (softmax or dijiang)", source, kind);
+  c.attention = AttentionKind::DiJiang;
+  const nlohmann::json options = json.value("dijiang", nlohmann::json::object());
+  if (!options.is_object()) fail("{}: 'dijiang' must be an object", source);
+  static const char* const kKeys[] = {"sampling", "seed", "feature_weights", "learnable_decay",
+                                      "group_norm_per_head", "chunk", "form"};
+  for (const auto& [key, value] : options.items())
+    if (std::find_if(std::begin(kKeys), std::end(kKeys), [&](const char* k) { return key == k; }) == std::end(kKeys))
+      fail("{}: unknown key 'dijiang.{}'", source, key);
+  DiJiangOptions& o = c.dijiang;
+  o.sampling = field<std::string>(options, "sampling", source, o.sampling, false);
+  o.seed = field<uint64_t>(options, "seed", source, o.seed, false);
+  o.feature_weights = field<bool>(options, "feature_weights", source, o.feature_weights, false);
+  o.learnable_decay = field<bool>(options, "learnable_decay", source, o.learnable_decay, false);
+  o.group_norm_per_head = field<bool>(options, "group_norm_per_head", source, o.group_norm_per_head, false);
+  o.chunk = field<int64_t>(options, "chunk", source, o.chunk, false);
+  o.form = field<std::string>(options, "form", source, o.form, false);
+  if (o.sampling != "qmc" && o.sampling != "mc") fail("{}: dijiang.sampling '{}' is not qmc or mc", source, o.sampling);
+  if (o.chunk < 1 || o.chunk > 65536) fail("{}: dijiang.chunk {} is not in 1..65536", source, o.chunk);
+  if (o.form != "parallel" && o.form != "chunkwise" && o.form != "recurrent")
+    fail("{}: dijiang.form '{}' is not parallel, chunkwise or recurrent", source, o.form);
+}
+
 }  // namespace
 
 int64_t ModelConfig::rotary_dims() const {
@@ -42,10 +73,14 @@ cpu::GeluKind ModelConfig::gelu_kind() const {
 
 int64_t ModelConfig::parameter_count() const {
   const int64_t D = hidden_size, F = intermediate_size, bias = attention_bias ? 1 : 0;
-  const int64_t per_layer = 4 * D                      // two LayerNorms
-                            + 3 * D * D + 3 * D * bias  // query_key_value
-                            + D * D + D * bias          // dense
-                            + D * F + F + F * D + D;    // MLP
+  int64_t per_layer = 4 * D                      // two LayerNorms
+                      + 3 * D * D + 3 * D * bias  // query_key_value
+                      + D * D + D * bias          // dense
+                      + D * F + F + F * D + D;    // MLP
+  if (is_dijiang()) {
+    const int64_t d = head_dim(), H = num_heads;
+    per_layer += d * d + D * D + 2 * D + H + (dijiang.feature_weights ? H * d : 0);
+  }
   return vocab_size * D * (tie_word_embeddings ? 1 : 2) + num_layers * per_layer + 2 * D;
 }
 
@@ -98,6 +133,7 @@ ModelConfig ModelConfig::from_hf_json(const nlohmann::json& json, const std::str
       c.hidden_act != "gelu_pytorch_tanh")
     fail("{}: hidden_act '{}' is not supported (gelu, gelu_new, gelu_fast, gelu_pytorch_tanh)",
          source, c.hidden_act);
+  parse_attention(json, source, c);
   return c;
 }
 
@@ -119,6 +155,18 @@ nlohmann::json ModelConfig::to_hf_json(const nlohmann::json& base, const std::st
   j["attention_bias"] = attention_bias;
   j["hidden_act"] = hidden_act;
   j["torch_dtype"] = torch_dtype;
+  j.erase("attention_kind");
+  j.erase("dijiang");
+  if (is_dijiang()) {
+    j["attention_kind"] = "dijiang";
+    j["dijiang"] = {{"sampling", dijiang.sampling},
+                    {"seed", dijiang.seed},
+                    {"feature_weights", dijiang.feature_weights},
+                    {"learnable_decay", dijiang.learnable_decay},
+                    {"group_norm_per_head", dijiang.group_norm_per_head},
+                    {"chunk", dijiang.chunk},
+                    {"form", dijiang.form}};
+  }
   if (!j.contains("bos_token_id")) j["bos_token_id"] = 0;
   if (!j.contains("eos_token_id")) j["eos_token_id"] = 0;
   return j;

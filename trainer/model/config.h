@@ -9,6 +9,20 @@
 
 namespace dj {
 
+enum class AttentionKind { Softmax, DiJiang };
+
+// DiJiang attention options (shared/reference/dijiang.md). Stored in config.json as the object
+// "dijiang" beside "attention_kind": "dijiang".
+struct DiJiangOptions {
+  std::string sampling = "qmc";  // qmc (stratified, the paper's intent) or mc (the reference code's)
+  uint64_t seed = 0;             // seeds the sampling of t and the W_G initialisation
+  bool feature_weights = false;  // learned per-head weights on the features (the paper's D)
+  bool learnable_decay = false;  // train log γ (frozen by default)
+  bool group_norm_per_head = false;  // GroupNorm over H groups instead of the reference's d groups
+  int64_t chunk = 64;            // block size of the chunkwise form
+  std::string form = "chunkwise";  // parallel, chunkwise or recurrent: the same function
+};
+
 struct ModelConfig {
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
@@ -23,12 +37,16 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   bool attention_bias = true;
   std::string hidden_act = "gelu";
+  AttentionKind attention = AttentionKind::Softmax;
+  DiJiangOptions dijiang;
 
   int64_t head_dim() const { return hidden_size / num_heads; }
   // int(head_dim * rotary_pct), as the Hugging Face model computes it.
   int64_t rotary_dims() const;
   cpu::GeluKind gelu_kind() const;
   int64_t parameter_count() const;
+  bool is_dijiang() const { return attention == AttentionKind::DiJiang; }
+  int64_t group_norm_groups() const { return dijiang.group_norm_per_head ? num_heads : head_dim(); }
 
   // Parses a Hugging Face GPT-NeoX config.json. Fields that change the computation and are not
   // supported (rope_scaling, a non-GPT-NeoX model_type, an unknown activation) are refused;

@@ -8,6 +8,7 @@
 #include "kernels/core/error.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/dijiang.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gelu.h"
 #include "kernels/cpu/gemm.h"
@@ -17,6 +18,9 @@
 namespace dj {
 
 namespace {
+
+// GroupNorm epsilon of the reference DiJiang layer (torch.nn.GroupNorm's default).
+constexpr double kGroupNormEps = 1e-5;
 
 template <typename T>
 void add_into(T* out, const T* a, const T* b, int64_t n) {
@@ -135,8 +139,13 @@ void GPTNeoX<T>::resize_activations(int64_t batch, int64_t seq) {
   a.ids.resize(N);
   a.targets.resize(N);
   a.layers.resize(static_cast<size_t>(config_.num_layers));
+  const bool dijiang = config_.is_dijiang(), weights = dijiang && config_.dijiang.feature_weights;
+  const auto groups = static_cast<size_t>(dijiang ? config_.group_norm_groups() : 0);
   for (auto& l : a.layers) {
     for (auto* v : {&l.input, &l.ln1, &l.q, &l.k, &l.v, &l.attn, &l.merged, &l.ln2}) v->resize(N * D);
+    for (auto* v : {&l.sq, &l.sk, &l.gn, &l.gate_pre, &l.gated}) v->resize(dijiang ? N * D : 0);
+    for (auto* v : {&l.fq, &l.fk}) v->resize(weights ? N * D : 0);
+    for (auto* v : {&l.gn_mean, &l.gn_rstd}) v->resize(N * groups);
     for (auto* v : {&l.ln1_mean, &l.ln1_rstd, &l.ln2_mean, &l.ln2_rstd}) v->resize(N);
     l.lse.resize(N * H);
     l.mid.resize(config_.use_parallel_residual ? 0 : N * D);
@@ -146,6 +155,7 @@ void GPTNeoX<T>::resize_activations(int64_t batch, int64_t seq) {
   for (auto* v : {&a.final_input, &a.final_ln, &a.dq, &a.dk, &a.dv, &a.dattn, &a.nd_a, &a.nd_b,
                   &a.nd_c, &a.dres_a, &a.dres_b})
     v->resize(N * D);
+  for (auto* v : {&a.dfeature, &a.nd_d}) v->resize(dijiang ? N * D : 0);
   a.final_mean.resize(N);
   a.final_rstd.resize(N);
   a.qkv.resize(N * 3 * D);
@@ -229,10 +239,59 @@ void GPTNeoX<T>::attention_forward(int64_t l, const T* ln_out, T* attn_out) {
   split_qkv(a.q.data(), a.k.data(), a.v.data(), acts_.qkv.data(), B, S, H, d);
   cpu::rotary_forward(a.q.data(), B * H, S, d, r, config_.rotary_emb_base);
   cpu::rotary_forward(a.k.data(), B * H, S, d, r, config_.rotary_emb_base);
+  if (config_.is_dijiang()) {
+    dijiang_core_forward(l, ln_out, B, S);
+    cpu::linear_forward(attn_out, a.gated.data(), parameter(p + "attention.dense.weight"), dense_bias, N, D, D);
+  } else {
+    softmax_core_forward(a, B, S);
+    cpu::linear_forward(attn_out, a.merged.data(), parameter(p + "attention.dense.weight"), dense_bias, N, D, D);
+  }
+}
+
+template <typename T>
+void GPTNeoX<T>::softmax_core_forward(LayerActivations& a, int64_t B, int64_t S) {
+  const int64_t H = config_.num_heads, d = config_.head_dim();
   const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
   cpu::causal_attention_forward(a.attn.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), B * H, S, d, scale);
   merge_heads(a.merged.data(), a.attn.data(), B, S, H, d);
-  cpu::linear_forward(attn_out, a.merged.data(), parameter(p + "attention.dense.weight"), dense_bias, N, D, D);
+}
+
+namespace {
+cpu::DecayForm decay_form(const std::string& name) {
+  if (name == "parallel") return cpu::DecayForm::Parallel;
+  if (name == "recurrent") return cpu::DecayForm::Recurrent;
+  return cpu::DecayForm::Chunkwise;
+}
+}  // namespace
+
+// φ(q), φ(k) = softmax(q·P), softmax(k·P) [⊙ w]; o = decayed linear attention; then
+// gated = silu(a · W_G) ⊙ GroupNorm(o) feeds the dense projection (dijiang.md, section 2).
+template <typename T>
+void GPTNeoX<T>::dijiang_core_forward(int64_t l, const T* ln_out, int64_t B, int64_t S) {
+  LayerActivations& a = acts_.layers[static_cast<size_t>(l)];
+  const std::string p = layer_prefix(l);
+  const int64_t N = B * S, D = config_.hidden_size, H = config_.num_heads, d = config_.head_dim();
+  const DiJiangOptions& o = config_.dijiang;
+  const T* P = parameter(p + "attention.proj_matrix");
+  cpu::feature_map_forward(a.sq.data(), a.q.data(), P, N * H, d);
+  cpu::feature_map_forward(a.sk.data(), a.k.data(), P, N * H, d);
+  const T* fq = a.sq.data();
+  const T* fk = a.sk.data();
+  if (o.feature_weights) {
+    const T* w = parameter(p + "attention.feature_weights");
+    cpu::feature_weights_forward(a.fq.data(), a.sq.data(), w, B * H, H, S, d);
+    cpu::feature_weights_forward(a.fk.data(), a.sk.data(), w, B * H, H, S, d);
+    fq = a.fq.data();
+    fk = a.fk.data();
+  }
+  cpu::decay_attention_forward(a.attn.data(), fq, fk, a.v.data(), parameter(p + "attention.log_gamma"), B * H, H, S,
+                               d, d, decay_form(o.form), o.chunk);
+  merge_heads(a.merged.data(), a.attn.data(), B, S, H, d);
+  cpu::group_norm_forward(a.gn.data(), a.gn_mean.data(), a.gn_rstd.data(), a.merged.data(),
+                          parameter(p + "attention.group_norm.weight"), parameter(p + "attention.group_norm.bias"),
+                          N, D, config_.group_norm_groups(), kGroupNormEps);
+  cpu::gemm<T>(false, false, N, D, D, T(1), ln_out, parameter(p + "attention.W_G"), T(0), a.gate_pre.data());
+  cpu::silu_gate_forward(a.gated.data(), a.gate_pre.data(), a.gn.data(), N * D);
 }
 
 template <typename T>
@@ -306,20 +365,70 @@ void GPTNeoX<T>::attention_backward(int64_t l, const T* dattn_out, T* dln) {
   const int64_t B = acts_.batch, S = acts_.seq, N = B * S, D = config_.hidden_size;
   const int64_t H = config_.num_heads, d = config_.head_dim(), r = config_.rotary_dims();
   const bool bias = config_.attention_bias;
-  T* dmerged = acts_.nd_c.data();
-  cpu::linear_backward<T>(dmerged, gradient(p + "attention.dense.weight"),
-                          bias ? gradient(p + "attention.dense.bias") : nullptr, dattn_out, a.merged.data(),
+  // d(input of the dense projection) lands in nd_c.
+  const T* dense_input = config_.is_dijiang() ? a.gated.data() : a.merged.data();
+  cpu::linear_backward<T>(acts_.nd_c.data(), gradient(p + "attention.dense.weight"),
+                          bias ? gradient(p + "attention.dense.bias") : nullptr, dattn_out, dense_input,
                           parameter(p + "attention.dense.weight"), N, D, D, false);
-  split_heads(acts_.dattn.data(), dmerged, B, S, H, d);
-  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
-  cpu::causal_attention_backward(acts_.dq.data(), acts_.dk.data(), acts_.dv.data(), acts_.dattn.data(), a.q.data(),
-                                 a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), B * H, S, d, scale);
+  if (config_.is_dijiang())
+    dijiang_core_backward(l, dln, B, S);
+  else
+    softmax_core_backward(a, B, S);
   cpu::rotary_backward(acts_.dq.data(), B * H, S, d, r, config_.rotary_emb_base);
   cpu::rotary_backward(acts_.dk.data(), B * H, S, d, r, config_.rotary_emb_base);
   join_qkv(acts_.qkv.data(), acts_.dq.data(), acts_.dk.data(), acts_.dv.data(), B, S, H, d);
+  // DiJiang's gate already wrote its share of d(ln_out) into dln; the projection adds to it.
   cpu::linear_backward<T>(dln, gradient(p + "attention.query_key_value.weight"),
                           bias ? gradient(p + "attention.query_key_value.bias") : nullptr, acts_.qkv.data(),
-                          a.ln1.data(), parameter(p + "attention.query_key_value.weight"), N, D, 3 * D, false);
+                          a.ln1.data(), parameter(p + "attention.query_key_value.weight"), N, D, 3 * D,
+                          config_.is_dijiang());
+}
+
+template <typename T>
+void GPTNeoX<T>::softmax_core_backward(LayerActivations& a, int64_t B, int64_t S) {
+  const int64_t H = config_.num_heads, d = config_.head_dim();
+  split_heads(acts_.dattn.data(), acts_.nd_c.data(), B, S, H, d);
+  const T scale = static_cast<T>(1.0 / std::sqrt(static_cast<double>(d)));
+  cpu::causal_attention_backward(acts_.dq.data(), acts_.dk.data(), acts_.dv.data(), acts_.dattn.data(), a.q.data(),
+                                 a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), B * H, S, d, scale);
+}
+
+// Reverses dijiang_core_forward: from d(gated) in nd_c to dq, dk, dv (rotated q and k) and the
+// gate's contribution to d(ln_out), written to dln.
+template <typename T>
+void GPTNeoX<T>::dijiang_core_backward(int64_t l, T* dln, int64_t B, int64_t S) {
+  LayerActivations& a = acts_.layers[static_cast<size_t>(l)];
+  Activations& s = acts_;
+  const std::string p = layer_prefix(l);
+  const int64_t N = B * S, D = config_.hidden_size, H = config_.num_heads, d = config_.head_dim();
+  const DiJiangOptions& o = config_.dijiang;
+  T* dgate = s.nd_a.data();
+  T* dgn = s.nd_d.data();
+  cpu::silu_gate_backward(dgate, dgn, s.nd_c.data(), a.gate_pre.data(), a.gn.data(), N * D);
+  cpu::group_norm_backward(s.nd_c.data(), gradient(p + "attention.group_norm.weight"),
+                           gradient(p + "attention.group_norm.bias"), dgn, a.merged.data(),
+                           parameter(p + "attention.group_norm.weight"), a.gn_mean.data(), a.gn_rstd.data(), N, D,
+                           config_.group_norm_groups());
+  split_heads(s.dattn.data(), s.nd_c.data(), B, S, H, d);
+  const T* fq = o.feature_weights ? a.fq.data() : a.sq.data();
+  const T* fk = o.feature_weights ? a.fk.data() : a.sk.data();
+  const T* log_gamma = parameter(p + "attention.log_gamma");
+  cpu::decay_attention_backward(s.dq.data(), s.dk.data(), s.dv.data(),
+                                o.learnable_decay ? gradient(p + "attention.log_gamma") : nullptr, s.dattn.data(), fq,
+                                fk, a.v.data(), log_gamma, B * H, H, S, d, d, decay_form(o.form), o.chunk);
+  // d(features) -> d(softmax outputs) -> d(rotated q, k), each in place through dfeature.
+  const T* P = parameter(p + "attention.proj_matrix");
+  for (auto [dx, softmax_out] : {std::pair{s.dq.data(), a.sq.data()}, std::pair{s.dk.data(), a.sk.data()}}) {
+    if (o.feature_weights)
+      cpu::feature_weights_backward(s.dfeature.data(), gradient(p + "attention.feature_weights"), dx, softmax_out,
+                                    parameter(p + "attention.feature_weights"), B * H, H, S, d);
+    else
+      std::copy(dx, dx + N * D, s.dfeature.begin());
+    cpu::feature_map_backward(dx, s.dfeature.data(), softmax_out, P, N * H, d);
+  }
+  // gate_pre = ln_out · W_G: dW_G += ln_outᵀ · dgate, d(ln_out) = dgate · W_Gᵀ.
+  cpu::gemm<T>(true, false, D, D, N, T(1), a.ln1.data(), dgate, T(1), gradient(p + "attention.W_G"));
+  cpu::gemm<T>(false, true, N, D, D, T(1), dgate, parameter(p + "attention.W_G"), T(0), dln);
 }
 
 template <typename T>

@@ -59,6 +59,10 @@ class GPTNeoX {
     std::vector<T> mid;                     // sequential residual: x + attention [N, D]
     std::vector<T> ln2, ln2_mean, ln2_rstd;
     std::vector<T> pre_gelu, post_gelu;     // [N, F]
+    // DiJiang attention only: feature-map softmax outputs sq, sk and (with learned feature
+    // weights) the weighted features fq, fk [B, H, S, d]; GroupNorm output and statistics
+    // [N, D], [N, groups]; the gate's pre-activation a · W_G and the gated output [N, D].
+    std::vector<T> sq, sk, fq, fk, gn, gn_mean, gn_rstd, gate_pre, gated;
   };
   struct Activations {
     int64_t batch = 0, seq = 0;
@@ -70,7 +74,7 @@ class GPTNeoX {
     bool logits_hold_gradient = false;
     // Scratch reused by every layer: fused qkv (and its gradient), per-head gradients, [N, D]
     // and [N, F] temporaries, and the two residual-gradient buffers of the backward.
-    std::vector<T> qkv, dq, dk, dv, dattn, nd_a, nd_b, nd_c, nf, dres_a, dres_b;
+    std::vector<T> qkv, dq, dk, dv, dattn, dfeature, nd_a, nd_b, nd_c, nd_d, nf, dres_a, dres_b;
   };
 
   const T* output_embedding() const;
@@ -80,6 +84,12 @@ class GPTNeoX {
   void layer_backward(int64_t l, const T* dout, T* dx);
   void attention_forward(int64_t l, const T* ln_out, T* attn_out);
   void attention_backward(int64_t l, const T* dattn_out, T* dln);
+  // Softmax attention (the pretrained GPT-NeoX) or DiJiang attention (shared/reference/dijiang.md
+  // section 2) between the projected q, k, v and the merged-heads input of the dense projection.
+  void softmax_core_forward(LayerActivations& a, int64_t B, int64_t S);
+  void softmax_core_backward(LayerActivations& a, int64_t B, int64_t S);
+  void dijiang_core_forward(int64_t l, const T* ln_out, int64_t B, int64_t S);
+  void dijiang_core_backward(int64_t l, T* dln, int64_t B, int64_t S);
   void mlp_forward(int64_t l, const T* ln_out, T* mlp_out);
   void mlp_backward(int64_t l, const T* dmlp_out, T* dln);
 

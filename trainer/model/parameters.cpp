@@ -9,10 +9,10 @@ namespace dj {
 
 std::string layer_prefix(int64_t layer) { return fmt::format("gpt_neox.layers.{}.", layer); }
 
-void ParameterLayout::add(const std::string& name, Shape shape) {
+void ParameterLayout::add(const std::string& name, Shape shape, bool trainable) {
   if (contains(name)) fail("parameter '{}' declared twice", name);
   index_[name] = views_.size();
-  views_.push_back({name, total_, shape});
+  views_.push_back({name, total_, shape, trainable});
   total_ += shape_numel(shape);
 }
 
@@ -77,6 +77,15 @@ ParameterLayout ParameterLayout::gpt_neox(const ModelConfig& c) {
     if (c.attention_bias) layout.add(p + "attention.query_key_value.bias", {3 * D});
     layout.add(p + "attention.dense.weight", {D, D});
     if (c.attention_bias) layout.add(p + "attention.dense.bias", {D});
+    if (c.is_dijiang()) {
+      const int64_t d = c.head_dim(), H = c.num_heads;
+      layout.add(p + "attention.proj_matrix", {d, d}, false);
+      layout.add(p + "attention.W_G", {D, D});
+      layout.add(p + "attention.group_norm.weight", {D});
+      layout.add(p + "attention.group_norm.bias", {D});
+      layout.add(p + "attention.log_gamma", {H}, c.dijiang.learnable_decay);
+      if (c.dijiang.feature_weights) layout.add(p + "attention.feature_weights", {H, d});
+    }
     layout.add(p + "mlp.dense_h_to_4h.weight", {F, D});
     layout.add(p + "mlp.dense_h_to_4h.bias", {F});
     layout.add(p + "mlp.dense_4h_to_h.weight", {D, F});

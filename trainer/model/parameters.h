@@ -17,15 +17,17 @@ struct ParameterView {
   std::string name;  // Hugging Face tensor name
   int64_t offset = 0;
   Shape shape;
+  bool trainable = true;  // fixed tensors (the DiJiang projection, frozen decay) get no gradient
   int64_t numel() const { return shape_numel(shape); }
 };
 
 class ParameterLayout {
  public:
-  // The GPT-NeoX parameters in Hugging Face order (embed_in, layers, final norm, embed_out).
+  // The GPT-NeoX parameters in Hugging Face order (embed_in, layers, final norm, embed_out),
+  // with the DiJiang attention tensors of each layer after its dense projection.
   static ParameterLayout gpt_neox(const ModelConfig& config);
 
-  void add(const std::string& name, Shape shape);
+  void add(const std::string& name, Shape shape, bool trainable = true);
   const std::vector<ParameterView>& views() const { return views_; }
   const ParameterView& view(const std::string& name) const;  // throws dj::Error if absent
   bool contains(const std::string& name) const { return index_.count(name) != 0; }

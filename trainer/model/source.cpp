@@ -3,6 +3,7 @@
 #include "kernels/core/error.h"
 #include "trainer/checkpoint/hf_directory.h"
 #include "trainer/checkpoint/native.h"
+#include "trainer/model/dijiang_tensors.h"
 
 namespace dj {
 
@@ -24,6 +25,8 @@ ModelSource read_model_source(const std::filesystem::path& path) {
     source.hf_config = std::move(checkpoint.config);
     source.tensors = std::move(checkpoint.tensors);
     source.config = ModelConfig::from_hf_json(source.hf_config, (path / "config.json").string());
+    // Directories exported for the reference DiJiang code are recognised by their D1 tables.
+    if (has_interchange_tables(source.tensors)) import_interchange(source.tensors, source.config, path.string());
   } else if (fs::is_directory(path)) {
     fail("{}: neither a Hugging Face model directory (config.json with model.safetensors, "
          "pytorch_model.bin or a sharded index) nor a native checkpoint directory",

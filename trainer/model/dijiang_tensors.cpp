@@ -1,0 +1,225 @@
+#include "trainer/model/dijiang_tensors.h"
+
+#include <cmath>
+#include <numbers>
+
+#include "kernels/core/error.h"
+#include "kernels/cpu/dijiang.h"
+#include "trainer/model/parameters.h"
+
+namespace dj {
+
+namespace {
+
+// SplitMix64: a tiny generator whose output is fixed by its definition, so seeded draws are the
+// same with every compiler and standard library (std::shuffle and the std distributions are not).
+class SplitMix64 {
+ public:
+  explicit SplitMix64(uint64_t seed) : state_(seed) {}
+  uint64_t next() {
+    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1p-53; }  // [0, 1)
+  uint64_t below(uint64_t n) {  // uniform in [0, n) by rejection, without modulo bias
+    const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
+    uint64_t x;
+    do x = next();
+    while (x >= limit);
+    return x % n;
+  }
+
+ private:
+  uint64_t state_;
+};
+
+// One independent stream per (seed, layer, purpose).
+SplitMix64 stream(uint64_t seed, int64_t layer, uint64_t purpose) {
+  SplitMix64 mix(seed ^ 0x6A09E667F3BCC909ull);
+  const uint64_t a = mix.next() ^ static_cast<uint64_t>(layer) * 0x9E3779B97F4A7C15ull;
+  return SplitMix64(a ^ purpose * 0xD1B54A32D192ED03ull);
+}
+constexpr uint64_t kFeatureStream = 1, kGateStream = 2;
+
+std::string attention_prefix(int64_t layer) { return layer_prefix(layer) + "attention."; }
+
+Tensor from_doubles(const std::vector<double>& values, Shape shape, DType dtype) {
+  return Tensor::from_vector(values, std::move(shape)).to(dtype);
+}
+
+}  // namespace
+
+double inverse_normal_cdf(double u) {
+  if (!(u > 0.0 && u < 1.0)) fail("inverse_normal_cdf: {} is not in (0, 1)", u);
+  // Acklam's rational approximation (relative error 1.2e-9), then one Halley step on
+  // Φ(x) − u with Φ from erfc, which brings it to full double precision.
+  static constexpr double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+                                 1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
+  static constexpr double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
+                                 6.680131188771972e+01,  -1.328068155288572e+01};
+  static constexpr double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
+                                 -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
+  static constexpr double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
+                                 3.754408661907416e+00};
+  constexpr double low = 0.02425;
+  double x;
+  if (u < low) {
+    const double q = std::sqrt(-2.0 * std::log(u));
+    x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0);
+  } else if (u <= 1.0 - low) {
+    const double q = u - 0.5, r = q * q;
+    x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q /
+        (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1.0);
+  } else {
+    const double q = std::sqrt(-2.0 * std::log1p(-u));
+    x = -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) /
+        ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1.0);
+  }
+  const double e = 0.5 * std::erfc(-x / std::numbers::sqrt2) - u;
+  const double step = e * std::sqrt(2.0 * std::numbers::pi) * std::exp(x * x / 2.0);
+  return x - step / (1.0 + x * step / 2.0);
+}
+
+std::vector<double> sample_feature_scales(const DiJiangOptions& options, int64_t d, int64_t layer) {
+  SplitMix64 rng = stream(options.seed, layer, kFeatureStream);
+  std::vector<double> t(static_cast<size_t>(d));
+  if (options.sampling == "qmc") {
+    std::vector<int64_t> permutation(static_cast<size_t>(d));
+    for (int64_t i = 0; i < d; ++i) permutation[static_cast<size_t>(i)] = i;
+    for (int64_t i = d - 1; i > 0; --i)  // Fisher-Yates
+      std::swap(permutation[static_cast<size_t>(i)],
+                permutation[rng.below(static_cast<uint64_t>(i + 1))]);
+    for (int64_t i = 0; i < d; ++i)
+      t[static_cast<size_t>(i)] =
+          inverse_normal_cdf((static_cast<double>(permutation[static_cast<size_t>(i)]) + 0.5) / static_cast<double>(d));
+  } else {
+    for (auto& value : t) {
+      const double u = rng.uniform();
+      value = u == 0.0 ? 0.0 : inverse_normal_cdf(u);
+    }
+  }
+  return t;
+}
+
+std::vector<double> reference_log_gamma(int64_t heads) {
+  std::vector<double> log_gamma(static_cast<size_t>(heads));
+  const double first = std::log(1.0 / 32.0), last = std::log(1.0 / 512.0);
+  for (int64_t h = 0; h < heads; ++h) {
+    const double ell =
+        heads == 1 ? first : first + (last - first) * static_cast<double>(h) / static_cast<double>(heads - 1);
+    log_gamma[static_cast<size_t>(h)] = std::log1p(-std::exp(ell));
+  }
+  return log_gamma;
+}
+
+void add_dijiang_tensors(TensorMap& tensors, const ModelConfig& config, DType dtype) {
+  if (!config.is_dijiang()) fail("add_dijiang_tensors needs a DiJiang config");
+  const int64_t D = config.hidden_size, H = config.num_heads, d = config.head_dim();
+  const double bound = std::pow(2.0, -2.5) * std::sqrt(6.0 / static_cast<double>(2 * D));
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    const std::string p = attention_prefix(l);
+    const std::vector<double> t = sample_feature_scales(config.dijiang, d, l);
+    std::vector<double> P(static_cast<size_t>(d * d));
+    cpu::dct_projection<double>(P.data(), t.data(), d);
+    tensors[p + "proj_matrix"] = from_doubles(P, {d, d}, dtype);
+
+    SplitMix64 rng = stream(config.dijiang.seed, l, kGateStream);
+    std::vector<double> gate(static_cast<size_t>(D * D));
+    for (auto& w : gate) w = (2.0 * rng.uniform() - 1.0) * bound;
+    tensors[p + "W_G"] = from_doubles(gate, {D, D}, dtype);
+    tensors[p + "group_norm.weight"] = from_doubles(std::vector<double>(static_cast<size_t>(D), 1.0), {D}, dtype);
+    tensors[p + "group_norm.bias"] = from_doubles(std::vector<double>(static_cast<size_t>(D), 0.0), {D}, dtype);
+    tensors[p + "log_gamma"] = from_doubles(reference_log_gamma(H), {H}, dtype);
+    if (config.dijiang.feature_weights)
+      tensors[p + "feature_weights"] = from_doubles(std::vector<double>(static_cast<size_t>(H * d), 1.0), {H, d}, dtype);
+  }
+}
+
+bool has_interchange_tables(const TensorMap& tensors) {
+  for (const auto& [name, tensor] : tensors)
+    if (name.ends_with(".attention.D1")) return true;
+  return false;
+}
+
+void import_interchange(TensorMap& tensors, ModelConfig& config, const std::string& source) {
+  config.attention = AttentionKind::DiJiang;
+  const int64_t H = config.num_heads;
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    const std::string p = attention_prefix(l);
+    const auto d1 = tensors.find(p + "D1");
+    const auto d2 = tensors.find(p + "D2");
+    if (d1 == tensors.end() || d2 == tensors.end())
+      fail("{}: layer {} lacks the D1/D2 tables other layers have", source, l);
+    const Shape& shape = d1->second.shape();
+    if (shape.size() != 4 || shape[0] != 1 || shape[1] != H || shape[2] < 2 || shape[3] != 1)
+      fail("{}: tensor '{}D1' has shape {}, expected [1, {}, L, 1]", source, p, shape_string(shape), H);
+    if (d2->second.shape() != shape)
+      fail("{}: tensor '{}D2' has shape {}, D1 has {}", source, p, shape_string(d2->second.shape()), shape_string(shape));
+    const int64_t L = shape[2];
+    const std::vector<double> table = d1->second.to_f64_vector();
+    std::vector<double> log_gamma(static_cast<size_t>(H));
+    for (int64_t h = 0; h < H; ++h) {
+      const double* row = table.data() + h * L;
+      // γ from the farthest entry that is still a normal float: its rounding error is spread
+      // over the largest exponent, so γ comes back to about 1e-10.
+      int64_t far = L - 1;
+      while (far > 1 && !(row[far] > 1e-30)) --far;
+      const double gamma = std::pow(row[far] / row[0], 1.0 / static_cast<double>(far));
+      if (row[0] != 1.0 || !(gamma > 0.0 && gamma < 1.0))
+        fail("{}: '{}D1' head {} is not a decay table γ^i with 0 < γ < 1 (D1[0] = {}, γ = {})", source, p, h,
+             row[0], gamma);
+      for (int64_t i = 0; i <= far; ++i) {
+        const double expected = std::pow(gamma, static_cast<double>(i));
+        if (std::abs(row[i] - expected) > 1e-3 * expected)
+          fail("{}: '{}D1' head {} is not geometric: D1[{}] = {} but γ^{} = {} for γ = {}", source, p, h, i, row[i],
+               i, expected, gamma);
+      }
+      log_gamma[static_cast<size_t>(h)] = std::log(gamma);
+    }
+    tensors.erase(d1);
+    tensors.erase(d2);
+    tensors[p + "log_gamma"] = Tensor::from_vector(log_gamma, {H});
+  }
+}
+
+TensorMap export_interchange(const TensorMap& tensors, const ModelConfig& config, DType dtype) {
+  if (config.dijiang.feature_weights)
+    fail("the reference DiJiang layout has no learned feature weights: this model cannot be exported "
+         "with --format hf (keep the native checkpoint)");
+  if (config.dijiang.group_norm_per_head)
+    fail("the reference DiJiang layout normalises over head_dim groups: a model with per-head GroupNorm "
+         "cannot be exported with --format hf");
+  const int64_t H = config.num_heads, L = config.max_position_embeddings;
+  TensorMap out;
+  for (const auto& [name, tensor] : tensors) {
+    if (name.ends_with(".attention.log_gamma")) {
+      const std::string p = name.substr(0, name.size() - std::string("log_gamma").size());
+      const std::vector<double> log_gamma = tensor.to_f64_vector();
+      std::vector<double> d1(static_cast<size_t>(H * L)), d2(d1.size());
+      for (int64_t h = 0; h < H; ++h)
+        for (int64_t i = 0; i < L; ++i) {
+          const double exponent = static_cast<double>(i) * log_gamma[static_cast<size_t>(h)];
+          d1[static_cast<size_t>(h * L + i)] = std::exp(exponent);
+          d2[static_cast<size_t>(h * L + i)] = std::exp(-exponent);
+        }
+      Tensor d2_tensor = from_doubles(d2, {1, H, L, 1}, DType::F32);
+      for (double v : d2_tensor.to_f64_vector())
+        if (!std::isfinite(v))
+          fail("the reference layout's D2 table (γ^(−i) for i < max_position_embeddings = {}) overflows float32 "
+               "for this model's decay; export is not possible",
+               L);
+      out[p + "D1"] = from_doubles(d1, {1, H, L, 1}, DType::F32);
+      out[p + "D2"] = std::move(d2_tensor);
+    } else if (name.ends_with(".attention.proj_matrix")) {
+      out[name] = tensor.to(DType::F32);
+    } else {
+      out[name] = tensor.dtype() == dtype ? tensor : tensor.to(dtype);
+    }
+  }
+  return out;
+}
+
+}  // namespace dj

@@ -1,0 +1,49 @@
+// The tensors DiJiang attention adds to each GPT-NeoX layer: their initialisation when a softmax
+// model is converted (shared/reference/dijiang.md, sections 2-3), and the interchange layout
+// for the reference modeling code (section 5).
+//
+// Native names, per layer under gpt_neox.layers.{i}.attention.:
+//   proj_matrix [d, d] (fixed)  W_G [D, D]  group_norm.{weight,bias} [D]  log_gamma [H]
+//   feature_weights [H, d] (only with learned feature weights)
+// Interchange names replace log_gamma by the reference code's position tables D1, D2
+// [1, H, L, 1] (γ^i and γ^(−i), L = max_position_embeddings, F32).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "trainer/checkpoint/tensor_map.h"
+#include "trainer/model/config.h"
+
+namespace dj {
+
+// Φ⁻¹, the standard normal quantile, to full double precision for u in (0, 1).
+double inverse_normal_cdf(double u);
+
+// The t_i of P = C · diag(t) for one layer: qmc draws the stratified points
+// u_i = (π(i) + 0.5) / d with π a permutation seeded by (seed, layer); mc draws u_i ~ U(0, 1)
+// (u = 0 gives t = 0, as the reference code does). Deterministic for a seed on every platform.
+std::vector<double> sample_feature_scales(const DiJiangOptions& options, int64_t d, int64_t layer);
+
+// log γ_h for γ_h = 1 − exp(ℓ_h), ℓ = linspace(log(1/32), log(1/512), H) (ℓ = log(1/32) when H = 1).
+std::vector<double> reference_log_gamma(int64_t heads);
+
+// Adds every layer's DiJiang tensors, initialised as the reference page says, in `dtype`:
+// P from the sampled t, W_G Xavier-uniform with gain 2^−2.5, GroupNorm 1 / 0, log γ from the
+// schedule, feature weights 1. `config` must be a DiJiang config.
+void add_dijiang_tensors(TensorMap& tensors, const ModelConfig& config, DType dtype);
+
+// True when the tensors carry the reference code's D1 tables.
+bool has_interchange_tables(const TensorMap& tensors);
+
+// Turns an interchange checkpoint into native tensors: γ_h is read back from D1 (a table that is
+// not geometric is refused), D2 must have the matching shape and is dropped. Sets the config to
+// DiJiang (keeping options already present in it). `source` names the checkpoint in errors.
+void import_interchange(TensorMap& tensors, ModelConfig& config, const std::string& source);
+
+// The interchange layout of native tensors: log_gamma becomes D1/D2 (F32), proj_matrix F32, the
+// rest in `dtype`. Options the layout cannot express (learned feature weights, H GroupNorm groups)
+// are refused with a message saying so.
+TensorMap export_interchange(const TensorMap& tensors, const ModelConfig& config, DType dtype);
+
+}  // namespace dj
