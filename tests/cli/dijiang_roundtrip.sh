@@ -15,6 +15,11 @@ native=$(loss "$WORK/dj.h5")
 softmax=$(loss "$MODEL")
 [ "$(json_field "$native" tokens)" = "$(json_field "$softmax" tokens)" ] || die "token counts differ"
 
+# The float evaluation (chunkwise form) equals a pure fp64 evaluation with the parallel form.
+exact=$("$DIJIANG" -q eval --model "$WORK/dj.h5" --tokens "$TOKENS" --seq-len 100 --batch 4 --precision f64 \
+  --dijiang-form parallel --json)
+close "$(json_field "$native" loss)" "$(json_field "$exact" loss)" 1e-6 || die "f32 chunkwise $native vs f64 $exact"
+
 # The same conversion with another seed gives another model; the same seed the same one.
 "$DIJIANG" -q convert --from "$MODEL" --to "$WORK/dj-again.h5" --attention dijiang --seed 7 --chunk 16
 [ "$(loss "$WORK/dj-again.h5")" = "$native" ] || die "conversion is not deterministic for a seed"
@@ -44,6 +49,8 @@ close "$(json_field "$reimported" loss)" "$(json_field "$native" loss)" 1e-6 || 
 "$DIJIANG" -q convert --from "$MODEL" --to "$WORK/weighted.h5" --attention dijiang --feature-weights
 expect_failure "has no learned feature weights" "$DIJIANG" export --from "$WORK/weighted.h5" --to "$WORK/w" --format hf
 [ ! -e "$WORK/w" ] || die "a refused export left a directory"
+expect_failure "--dijiang-form applies to DiJiang models" \
+  "$DIJIANG" eval --model "$MODEL" --tokens "$TOKENS" --seq-len 100 --dijiang-form parallel
 expect_failure "--seed requires --attention" "$DIJIANG" convert --from "$MODEL" --to "$WORK/x.h5" --seed 3
 expect_failure "already has DiJiang attention" "$DIJIANG" convert --from "$WORK/dj.h5" --to "$WORK/x.h5" --attention dijiang
 expect_failure "converting back to softmax attention is not supported" \

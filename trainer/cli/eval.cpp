@@ -17,7 +17,7 @@ namespace dj::cli {
 
 namespace {
 struct EvalOptions {
-  std::string model, tokens, text, tokenizer, precision = "f32";
+  std::string model, tokens, text, tokenizer, precision = "f32", dijiang_form;
   int64_t seq_len = 0, batch = 8;
   bool json = false;
 };
@@ -34,6 +34,8 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--seq-len", o->seq_len, "window length in tokens")->required()->check(CLI::Range(int64_t{2}, int64_t{1} << 24));
   cmd->add_option("--batch", o->batch, "windows per forward pass")->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   cmd->add_option("--precision", o->precision, "f32 (default) or f64")->check(CLI::IsMember({"f32", "f64"}));
+  cmd->add_option("--dijiang-form", o->dijiang_form, "DiJiang attention form: parallel, chunkwise or recurrent (default: the model's)")
+      ->check(CLI::IsMember({"parallel", "chunkwise", "recurrent"}));
   cmd->add_flag("--json", o->json, "print one JSON line {\"tokens\", \"loss\", \"ppl\"}");
   cmd->callback([o] {
     if (o->tokens.empty() && o->text.empty()) fail("eval needs --tokens FILE.npy or --text FILE");
@@ -42,6 +44,10 @@ void register_eval(CLI::App& app) {
            "elsewhere and pass the ids with --tokens FILE.npy");
     const std::vector<int32_t> ids = read_npy_tokens(o->tokens);
     ModelSource source = read_model_source(o->model);
+    if (!o->dijiang_form.empty()) {
+      if (!source.config.is_dijiang()) fail("--dijiang-form applies to DiJiang models; {} has softmax attention", o->model);
+      source.config.dijiang.form = o->dijiang_form;
+    }
     const auto start = std::chrono::steady_clock::now();
     const EvalResult r = o->precision == "f64" ? evaluate_windows<double>(source, ids, o->seq_len, o->batch)
                                                : evaluate_windows<float>(source, ids, o->seq_len, o->batch);
