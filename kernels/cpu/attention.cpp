@@ -3,15 +3,13 @@
 #include <omp.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <limits>
-#include <numbers>
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/vector_exp.h"
 
 namespace dj::cpu {
 
@@ -35,123 +33,6 @@ constexpr int64_t kMinBlockK = 8;
 constexpr int64_t kParallelWork = 1 << 20;
 
 int64_t blocks(int64_t n, int64_t block) { return (n + block - 1) / block; }
-
-// ---------------------------------------------------------------------------------------------
-// Softmax row arithmetic. glibc's exp is a scalar call (GCC vectorises it only under
-// -ffast-math), and with 64 x 64 tiles the exps of a tile would cost as much as both its GEMMs.
-// The rows therefore use a 16-byte SIMD exp written with GCC vector extensions: SSE2 on any
-// x86-64 build, plain scalar code elsewhere. It is accurate to 1 ulp in float and in double and
-// about 4x faster than expf in float.
-
-template <typename T>
-struct Simd;
-template <>
-struct Simd<float> {
-  using V = float __attribute__((vector_size(16)));
-  using Bits = uint32_t __attribute__((vector_size(16)));
-  static constexpr int kLanes = 4;
-  static constexpr int kMantissaBits = 23;
-  static constexpr uint32_t kExponentBias = 127;
-  static constexpr float kRoundShift = 0x1.8p23f;  // x + this rounds x to an integer
-  static constexpr float kUnderflow = -87.0f;      // exp of less is flushed to 0
-  static constexpr float kLn2Hi = 0x1.63p-1f;      // ln 2 = kLn2Hi + kLn2Lo, n * kLn2Hi exact
-  static constexpr float kLn2Lo = -0x1.bd0106p-13f;
-  static constexpr int kDegree = 7;  // Taylor terms for |r| <= ln2/2: error r^8/8! ~ 5e-9
-};
-template <>
-struct Simd<double> {
-  using V = double __attribute__((vector_size(16)));
-  using Bits = uint64_t __attribute__((vector_size(16)));
-  static constexpr int kLanes = 2;
-  static constexpr int kMantissaBits = 52;
-  static constexpr uint64_t kExponentBias = 1023;
-  static constexpr double kRoundShift = 0x1.8p52;
-  static constexpr double kUnderflow = -708.0;
-  static constexpr double kLn2Hi = 0x1.62e42fee00000p-1;
-  static constexpr double kLn2Lo = 0x1.a39ef35793c76p-33;
-  static constexpr int kDegree = 13;  // error r^14/14! ~ 4e-18
-};
-
-constexpr std::array<double, 14> kInverseFactorials = [] {
-  std::array<double, 14> c{};
-  double factorial = 1.0;
-  for (size_t k = 0; k < c.size(); ++k) {
-    if (k > 0) factorial *= static_cast<double>(k);
-    c[k] = 1.0 / factorial;
-  }
-  return c;
-}();
-
-// exp of each lane: x = n ln2 + r with n an integer and |r| <= ln2/2, exp(r) from its Taylor
-// polynomial, 2^n written straight into the exponent bits. Meant for softmax arguments
-// (score - max <= 0): results below kUnderflow are 0, -inf gives 0 and NaN stays NaN.
-template <typename T>
-typename Simd<T>::V exp_lanes(typename Simd<T>::V x) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  const V shifted = x * std::numbers::log2e_v<T> + S::kRoundShift;
-  const V n = shifted - S::kRoundShift;
-  const V r = (x - n * S::kLn2Hi) - n * S::kLn2Lo;
-  V poly = V{} + static_cast<T>(kInverseFactorials[S::kDegree]);
-  for (int k = S::kDegree - 1; k >= 0; --k)
-    poly = poly * r + static_cast<T>(kInverseFactorials[static_cast<size_t>(k)]);
-  // The low mantissa bits of `shifted` hold n: move n + bias into the exponent field.
-  typename S::Bits bits;
-  std::memcpy(&bits, &shifted, sizeof bits);
-  bits = (bits + S::kExponentBias) << S::kMantissaBits;
-  V power;
-  std::memcpy(&power, &bits, sizeof power);
-  return x < S::kUnderflow ? V{} : poly * power;
-}
-
-// x[j] = exp(x[j] - shift) for j < n; returns the sum of the new values, in a fixed order.
-template <typename T>
-T exp_shifted(T* x, int64_t n, T shift) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  V lane_sums = {};
-  int64_t j = 0;
-  for (; j + S::kLanes <= n; j += S::kLanes) {
-    V v;
-    std::memcpy(&v, x + j, sizeof v);
-    v = exp_lanes<T>(v - shift);
-    std::memcpy(x + j, &v, sizeof v);
-    lane_sums += v;
-  }
-  T sum = 0;
-  for (int lane = 0; lane < S::kLanes; ++lane) sum += lane_sums[lane];
-  // The ragged end goes through the same code, zero-padded, so every element gets the same exp.
-  const int64_t rest = n - j;
-  if (rest > 0) {
-    T tail[S::kLanes] = {};
-    std::copy(x + j, x + n, tail);
-    V v;
-    std::memcpy(&v, tail, sizeof v);
-    v = exp_lanes<T>(v - shift);
-    std::memcpy(tail, &v, sizeof v);
-    std::copy(tail, tail + rest, x + j);
-    for (int64_t t = 0; t < rest; ++t) sum += tail[t];
-  }
-  return sum;
-}
-
-// max of x[0..n), n >= 1.
-template <typename T>
-T max_of(const T* x, int64_t n) {
-  using S = Simd<T>;
-  using V = typename S::V;
-  V lane_max = V{} - std::numeric_limits<T>::infinity();
-  int64_t j = 0;
-  for (; j + S::kLanes <= n; j += S::kLanes) {
-    V v;
-    std::memcpy(&v, x + j, sizeof v);
-    lane_max = v > lane_max ? v : lane_max;
-  }
-  T result = -std::numeric_limits<T>::infinity();
-  for (int lane = 0; lane < S::kLanes; ++lane) result = std::max(result, lane_max[lane]);
-  for (; j < n; ++j) result = std::max(result, x[j]);
-  return result;
-}
 
 // Geometry of one (query block, key block) tile of one head.
 struct Tile {
@@ -197,7 +78,7 @@ void recompute_probabilities(T* P, const Tile& tile, const T* q, const T* k, con
     T* row = P + r * tile.nk;
     const T row_lse = lse[tile.q0 + r];
     const int64_t visible = tile.visible(r);
-    exp_shifted(row, visible, row_lse);
+    exp_shifted(row, visible, row_lse, row);
     std::fill(row + visible, row + tile.nk, T(0));
   }
 }
@@ -242,8 +123,8 @@ void forward_query_block(T* o, T* lse, const T* q, const T* k, const T* v, int64
         std::fill(row, row + tile.nk, T(0));
         continue;
       }
-      const T new_max = std::max(running_max[r], max_of(row, visible));
-      const T sum = exp_shifted(row, visible, new_max);
+      const T new_max = std::max(running_max[r], row_max(row, visible));
+      const T sum = static_cast<T>(exp_shifted(row, visible, new_max, row));
       std::fill(row + visible, row + tile.nk, T(0));
       // exp(-inf) = 0 on the first visible tile: the empty partial output is simply replaced.
       const T correction = std::exp(running_max[r] - new_max);

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/core/error.h"
+#include "kernels/cpu/vector_exp.h"
 
 namespace dj::cpu {
 
@@ -39,20 +40,15 @@ CrossEntropyResult softmax_cross_entropy(T* logits, const int32_t* targets, int6
       continue;
     }
     // Softmax shifted by the row maximum: every exponent is <= 0, so nothing overflows.
-    const T max = *std::max_element(row, row + vocab);
+    const T max = row_max(row, vocab);
     const double shifted_target = static_cast<double>(row[target]) - static_cast<double>(max);
-    double sum = 0.0;
+    // With a gradient, exp(row - max) stays in the row, so the gradient is one rescale away (one
+    // exp per logit); without one, the logits are left as they are.
+    const double sum = exp_shifted(row, vocab, max, write_gradient ? row : nullptr);
     if (write_gradient) {
-      // exp(row - max) stays in the row, so the gradient is one rescale away (one exp per logit).
-      for (int64_t j = 0; j < vocab; ++j) {
-        row[j] = std::exp(row[j] - max);
-        sum += static_cast<double>(row[j]);
-      }
       const T scale = static_cast<T>(static_cast<double>(grad_scale) / sum);
       for (int64_t j = 0; j < vocab; ++j) row[j] *= scale;
       row[target] -= grad_scale;
-    } else {
-      for (int64_t j = 0; j < vocab; ++j) sum += static_cast<double>(std::exp(row[j] - max));
     }
     row_loss[static_cast<size_t>(r)] = std::log(sum) - shifted_target;
   }

@@ -16,6 +16,7 @@
 
 #include "kernels/cpu/dijiang.h"
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/vector_exp.h"
 
 namespace dj::cpu {
 
@@ -48,12 +49,7 @@ void feature_map_forward(T* s, const T* x, const T* P, int64_t rows, int64_t d) 
 #pragma omp parallel for schedule(static) if (rows * d > kParallelThreshold)
   for (int64_t r = 0; r < rows; ++r) {
     T* row = s + r * d;
-    const T max = *std::max_element(row, row + d);
-    double sum = 0.0;
-    for (int64_t j = 0; j < d; ++j) {
-      row[j] = std::exp(row[j] - max);
-      sum += static_cast<double>(row[j]);
-    }
+    const double sum = exp_shifted(row, d, row_max(row, d), row);
     const T inv = static_cast<T>(1.0 / sum);
     for (int64_t j = 0; j < d; ++j) row[j] *= inv;
   }
