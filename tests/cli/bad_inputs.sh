@@ -7,8 +7,6 @@ expect_failure "no such file or directory" "$DIJIANG" eval --model "$WORK/absent
 expect_failure "--seq-len" "$DIJIANG" eval --model "$MODEL" --tokens "$TOKENS" --seq-len 1
 expect_failure "The following argument was not expected: --bogus" "$DIJIANG" eval --model "$MODEL" --tokens "$TOKENS" --seq-len 8 --bogus
 expect_failure "eval needs --tokens FILE.npy or --text FILE" "$DIJIANG" eval --model "$MODEL" --seq-len 8
-printf 'hello\n' >"$WORK/text.txt"
-expect_failure "--text needs the GPT-NeoX tokenizer" "$DIJIANG" eval --model "$MODEL" --text "$WORK/text.txt" --seq-len 8
 
 # Truncated weights.
 mkdir -p "$WORK/truncated"

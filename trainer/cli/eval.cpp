@@ -4,12 +4,15 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
 #include "kernels/core/error.h"
 #include "trainer/cli/commands.h"
 #include "trainer/data/npy.h"
+#include "trainer/data/tokenizer.h"
+#include "trainer/data/tokenizer_text.h"
 #include "trainer/model/evaluate.h"
 #include "trainer/model/source.h"
 
@@ -21,6 +24,14 @@ struct EvalOptions {
   int64_t seq_len = 0, batch = 8;
   bool json = false;
 };
+
+// --tokenizer, else the model directory's own tokenizer.json, else the shipped GPT-NeoX one.
+std::filesystem::path tokenizer_for(const EvalOptions& o) {
+  if (!o.tokenizer.empty()) return o.tokenizer;
+  const std::filesystem::path beside_model = std::filesystem::path(o.model) / "tokenizer.json";
+  if (std::filesystem::is_regular_file(beside_model)) return beside_model;
+  return DIJIANG_DATA_DIR "/tokenizer/tokenizer.json";
+}
 }  // namespace
 
 void register_eval(CLI::App& app) {
@@ -28,9 +39,9 @@ void register_eval(CLI::App& app) {
   auto o = std::make_shared<EvalOptions>();
   cmd->add_option("--model", o->model, "Hugging Face directory or native checkpoint")->required();
   auto* tokens = cmd->add_option("--tokens", o->tokens, "1-D .npy array of token ids (u16, i32 or i64)");
-  auto* text = cmd->add_option("--text", o->text, "UTF-8 text file, tokenized with the model's tokenizer.json");
+  auto* text = cmd->add_option("--text", o->text, "UTF-8 text file, tokenized first (see --tokenizer)");
   tokens->excludes(text);
-  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json to use with --text");
+  cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json for --text (default: the model directory's, else GPT-NeoX's)");
   cmd->add_option("--seq-len", o->seq_len, "window length in tokens")->required()->check(CLI::Range(int64_t{2}, int64_t{1} << 24));
   cmd->add_option("--batch", o->batch, "windows per forward pass")->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
   cmd->add_option("--precision", o->precision, "f32 (default) or f64")->check(CLI::IsMember({"f32", "f64"}));
@@ -39,10 +50,8 @@ void register_eval(CLI::App& app) {
   cmd->add_flag("--json", o->json, "print one JSON line {\"tokens\", \"loss\", \"ppl\"}");
   cmd->callback([o] {
     if (o->tokens.empty() && o->text.empty()) fail("eval needs --tokens FILE.npy or --text FILE");
-    if (!o->text.empty())
-      fail("--text needs the GPT-NeoX tokenizer, which this build does not include; tokenize the text "
-           "elsewhere and pass the ids with --tokens FILE.npy");
-    const std::vector<int32_t> ids = read_npy_tokens(o->tokens);
+    const std::vector<int32_t> ids = o->text.empty() ? read_npy_tokens(o->tokens)
+                                                      : encode_text_file(Tokenizer::from_file(tokenizer_for(*o)), o->text);
     ModelSource source = read_model_source(o->model);
     if (!o->dijiang_form.empty()) {
       if (!source.config.is_dijiang()) fail("--dijiang-form applies to DiJiang models; {} has softmax attention", o->model);

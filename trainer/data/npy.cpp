@@ -8,6 +8,7 @@
 #include <string>
 
 #include "kernels/core/error.h"
+#include "trainer/checkpoint/atomic_write.h"
 
 namespace dj {
 
@@ -97,6 +98,33 @@ std::vector<int32_t> read_npy_tokens(const std::filesystem::path& path) {
     ids[static_cast<size_t>(i)] = static_cast<int32_t>(value);
   }
   return ids;
+}
+
+void write_npy_tokens(const std::filesystem::path& path, const std::vector<int32_t>& ids) {
+  const std::string file = path.string();
+  if (const auto it = std::find_if(ids.begin(), ids.end(), [](int32_t id) { return id < 0; }); it != ids.end())
+    fail("{}: cannot write negative token id {} at index {}", file, *it, it - ids.begin());
+  const bool narrow = std::all_of(ids.begin(), ids.end(), [](int32_t id) { return id < 65536; });
+  const int size = narrow ? 2 : 4;
+  std::string header = "{'descr': '" + std::string(narrow ? "<u2" : "<i4") +
+                       "', 'fortran_order': False, 'shape': (" + std::to_string(ids.size()) + ",), }";
+  // The 10-byte preamble, the header and its closing newline fill a multiple of 64 bytes.
+  header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
+  header += '\n';
+  std::string data(ids.size() * static_cast<size_t>(size), '\0');
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const auto value = static_cast<uint32_t>(ids[i]);
+    for (int b = 0; b < size; ++b) data[i * static_cast<size_t>(size) + static_cast<size_t>(b)] = static_cast<char>(value >> (8 * b));
+  }
+  write_file_atomically(path, [&](const std::filesystem::path& temp) {
+    std::ofstream out(temp, std::ios::binary);
+    out.write(kMagic, 6);
+    const char version_and_length[4] = {1, 0, static_cast<char>(header.size() & 0xFF), static_cast<char>(header.size() >> 8)};
+    out.write(version_and_length, 4);
+    out << header << data;
+    out.close();
+    if (!out) fail("{}: write failed", file);
+  });
 }
 
 }  // namespace dj

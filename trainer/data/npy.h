@@ -11,4 +11,8 @@ namespace dj {
 // throws dj::Error naming the file.
 std::vector<int32_t> read_npy_tokens(const std::filesystem::path& path);
 
+// Writes `ids` (all >= 0) atomically as a 1-D .npy file (format 1.0): '<u2' when every id is below
+// 65536, otherwise '<i4'. Throws dj::Error naming the file on a negative id or a failed write.
+void write_npy_tokens(const std::filesystem::path& path, const std::vector<int32_t>& ids);
+
 }  // namespace dj
