@@ -10,8 +10,8 @@ BUILD_TYPE="${BUILD_TYPE:-Release}"
 
 DIJIANG_PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  libopenblas-dev libhdf5-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
-  libzip-dev libplplot-dev plplot-driver-cairo libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin
+  libopenblas-dev libhdf5-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  libzip-dev libplplot-dev plplot-driver-cairo libutf8proc-dev libpcre2-dev libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin
 )
 
 dijiang_install_packages() {

@@ -9,5 +9,7 @@ void register_eval(CLI::App& app);
 void register_convert(CLI::App& app);
 void register_export(CLI::App& app);
 void register_bench(CLI::App& app);
+void register_tokenize(CLI::App& app);
+void register_train(CLI::App& app);
 
 }  // namespace dj::cli

@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
   dj::cli::register_convert(app);
   dj::cli::register_export(app);
   dj::cli::register_bench(app);
+  dj::cli::register_tokenize(app);
+  dj::cli::register_train(app);
 
   try {
     app.parse(argc, argv);

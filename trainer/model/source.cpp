@@ -19,6 +19,15 @@ ModelSource read_model_source(const std::filesystem::path& path) {
     source.metadata = std::move(checkpoint.metadata);
     source.tensors = std::move(checkpoint.tensors);
     source.config = ModelConfig::from_hf_json(source.hf_config, path.string() + " (config attribute)");
+    // Training checkpoints carry the optimizer state beside the model; keep it apart so that
+    // every command can read them as models.
+    for (auto it = source.tensors.begin(); it != source.tensors.end();) {
+      if (it->first.starts_with("optimizer.")) {
+        source.optimizer_state.insert(source.tensors.extract(it++));
+      } else {
+        ++it;
+      }
+    }
   } else if (is_hf_directory(path)) {
     HFCheckpoint checkpoint = read_hf_directory(path);
     source.kind = ModelSource::Kind::HuggingFace;

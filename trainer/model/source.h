@@ -17,7 +17,8 @@ struct ModelSource {
   nlohmann::json hf_config;  // the GPT-NeoX config.json fields
   nlohmann::json metadata = nlohmann::json::object();
   ModelConfig config;
-  TensorMap tensors;
+  TensorMap tensors;          // the model's tensors
+  TensorMap optimizer_state;  // training checkpoints: the AdamW moments, "optimizer.{m,v}.<name>"
 
   std::string kind_name() const { return kind == Kind::HuggingFace ? "Hugging Face directory" : "native checkpoint"; }
 };

@@ -1,0 +1,122 @@
+// YAML experiments: a table of bad configs, each with the message it must give, and the
+// resolved form of a good one.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "fixture_paths.h"
+#include "kernels/core/error.h"
+#include "trainer/config/experiment.h"
+
+namespace dj {
+namespace {
+
+namespace fs = std::filesystem;
+
+fs::path write_yaml(const std::string& name, const std::string& text) {
+  const fs::path dir = fs::temp_directory_path() / "dijiang-experiment-tests";
+  fs::create_directories(dir);
+  const fs::path path = dir / name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+const std::string kGood =
+    "model:\n"
+    "  source: data/tiny-neox\n"
+    "  attention: dijiang\n"
+    "  dijiang: {seed: 3, chunk: 32}\n"
+    "data:\n"
+    "  train: t.npy\n"
+    "  seq_len: 64\n"
+    "optimizer:\n"
+    "  lr: 3.0e-4\n"
+    "  min_lr: 3.0e-5\n"
+    "  freeze: ['gpt_neox.embed_in.*']\n"
+    "schedule: {steps: 50, warmup: 5}\n";
+
+TEST(Experiment, GoodConfigWithOverrides) {
+  const Experiment e = load_experiment(write_yaml("good.yaml", kGood), {"batch.micro_batch=8", "optimizer.lr=1e-3"});
+  EXPECT_EQ(e.model_source, "data/tiny-neox");
+  EXPECT_EQ(e.attention, "dijiang");
+  EXPECT_EQ(e.dijiang.seed, 3u);
+  EXPECT_EQ(e.dijiang.chunk, 32);
+  EXPECT_EQ(e.seq_len, 64);
+  EXPECT_EQ(e.micro_batch, 8);
+  EXPECT_DOUBLE_EQ(e.lr, 1e-3);
+  EXPECT_EQ(e.freeze, std::vector<std::string>{"gpt_neox.embed_in.*"});
+  EXPECT_EQ(e.steps, 50);
+  EXPECT_EQ(e.grad_accum, 1);  // default
+  // The resolved YAML loads back to the same experiment.
+  const Experiment again = load_experiment(write_yaml("resolved.yaml", experiment_to_yaml(e)), {});
+  EXPECT_EQ(experiment_to_yaml(again), experiment_to_yaml(e));
+}
+
+struct BadConfig {
+  std::string name, yaml;
+  std::vector<std::string> overrides;
+  std::string message;
+};
+
+TEST(Experiment, BadConfigsGiveClearMessages) {
+  const std::vector<BadConfig> table = {
+      {"unknown_key", "model:\n  sorce: x\ndata: {train: t.npy}\n", {},
+       "unknown_key.yaml:2: unknown key 'model.sorce' (did you mean 'model.source'?)"},
+      {"unknown_section", "model: {source: x}\ndata: {train: t.npy}\noptimiser: {lr: 1}\n", {},
+       "unknown_section.yaml:3: unknown key 'optimiser' (did you mean 'optimizer.lr'?)"},
+      {"wrong_type", "model: {source: x}\ndata: {train: t.npy}\nbatch:\n  micro_batch: many\n", {},
+       "wrong_type.yaml:4: 'batch.micro_batch' must be an integer, got 'many'"},
+      {"wrong_float", "model: {source: x}\ndata: {train: t.npy}\noptimizer: {lr: fast}\n", {},
+       "'optimizer.lr' must be a number, got 'fast'"},
+      {"list_expected", "model: {source: x}\ndata: {train: t.npy}\noptimizer: {freeze: embed}\n", {},
+       "'optimizer.freeze' must be a list of strings, got 'embed'"},
+      {"section_scalar", "model: x\ndata: {train: t.npy}\n", {}, "section_scalar.yaml:1: 'model' must be a mapping of keys"},
+      {"bad_choice", "model: {source: x, attention: linear}\ndata: {train: t.npy}\n", {},
+       "'model.attention' is 'linear', expected one of: keep, softmax, dijiang"},
+      {"missing_required", "model: {source: x}\n", {}, "missing required key 'data.train'"},
+      {"negative_seed", "model: {source: x}\ndata: {train: t.npy}\nseed: -4\n", {},
+       "'seed' must be a non-negative integer, got '-4'"},
+      {"zero_batch", "model: {source: x}\ndata: {train: t.npy}\nbatch: {micro_batch: 0}\n", {},
+       "'batch.micro_batch' must be at least 1, got 0"},
+      {"lr_order", "model: {source: x}\ndata: {train: t.npy}\noptimizer: {lr: 1.0e-4, min_lr: 1.0e-3}\n", {},
+       "0 <= optimizer.min_lr <= optimizer.lr"},
+      {"syntax", "model: {source: x\ndata: [\n", {}, "syntax.yaml:"},
+      {"not_mapping", "- a\n- b\n", {}, "expected a mapping of sections"},
+      {"override_unknown", "model: {source: x}\ndata: {train: t.npy}\n", {"optimizer.lrate=3"},
+       "override 'optimizer.lrate=3': unknown key 'optimizer.lrate' (did you mean 'optimizer.lr'?)"},
+      {"override_type", "model: {source: x}\ndata: {train: t.npy}\n", {"schedule.steps=ten"},
+       "override 'schedule.steps=ten': 'schedule.steps' must be an integer, got 'ten'"},
+      {"override_form", "model: {source: x}\ndata: {train: t.npy}\n", {"schedule.steps"}, "expected KEY=VALUE"},
+      {"dijiang_option", "model: {source: x, dijiang: {samplng: qmc}}\ndata: {train: t.npy}\n", {},
+       "unknown key 'model.dijiang.samplng' (did you mean 'model.dijiang.sampling'?)"},
+  };
+  for (const BadConfig& bad : table) {
+    SCOPED_TRACE(bad.name);
+    try {
+      load_experiment(write_yaml(bad.name + ".yaml", bad.yaml), bad.overrides);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(bad.message), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_THROW(load_experiment("/nonexistent/x.yaml", {}), Error);
+}
+
+TEST(Experiment, NamePatterns) {
+  EXPECT_TRUE(matches_pattern("gpt_neox.layers.*.attention.W_G", "gpt_neox.layers.3.attention.W_G"));
+  EXPECT_TRUE(matches_pattern("*", ""));
+  EXPECT_TRUE(matches_pattern("a?c", "abc"));
+  EXPECT_FALSE(matches_pattern("a?c", "ac"));
+  EXPECT_FALSE(matches_pattern("*.bias", "x.bias.y"));
+  EXPECT_TRUE(matches_pattern("*a*b*", "xxaxxbxx"));
+}
+
+TEST(Experiment, ShippedMicroConfigsAreValid) {
+  for (const auto& entry : fs::directory_iterator(test::source_dir() / "configs" / "micro")) {
+    SCOPED_TRACE(entry.path().string());
+    EXPECT_NO_THROW(load_experiment(entry.path(), {}));
+  }
+}
+
+}  // namespace
+}  // namespace dj

@@ -1,0 +1,51 @@
+// YAML experiments: the schema, strict validation and command-line overrides.
+//
+// Every key has a type and a default; an unknown key or a wrong type is an error naming the file,
+// the line and (for unknown keys) the closest valid key. Overrides `a.b=c` are applied before
+// validation, with the same checks. The resolved experiment (every key, defaults filled in) is what
+// gets printed at start and stored in checkpoints.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "trainer/model/config.h"
+
+namespace dj {
+
+struct Experiment {
+  // model
+  std::string model_source;             // Hugging Face directory or native checkpoint
+  std::string attention = "keep";       // keep, softmax or dijiang (converts a softmax source)
+  DiJiangOptions dijiang;
+  // data: 1-D token arrays (.npy)
+  std::string train_tokens, valid_tokens;
+  int64_t seq_len = 128;
+  // batch
+  int64_t micro_batch = 4, grad_accum = 1;
+  // optimizer
+  double lr = 1e-3, min_lr = 1e-4, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, grad_clip = 1.0;
+  std::vector<std::string> freeze;      // parameter-name patterns (* and ?) that do not train
+  // schedule
+  int64_t steps = 100, warmup = 10;
+  int64_t max_bad_steps = 5;            // consecutive non-finite steps before the run stops
+  // checkpoint
+  std::string out_dir = "runs/train";
+  int64_t checkpoint_every = 100, keep = 3;
+  // logging
+  int64_t log_every = 1, eval_every = 0;  // eval_every 0: validation at checkpoints only
+  uint64_t seed = 1234;
+
+  int64_t tokens_per_step() const { return micro_batch * grad_accum * seq_len; }
+};
+
+// Reads and validates a YAML file with overrides ("a.b=c", values parsed as YAML scalars).
+Experiment load_experiment(const std::filesystem::path& file, const std::vector<std::string>& overrides);
+// The resolved experiment as YAML text (every key).
+std::string experiment_to_yaml(const Experiment& experiment);
+
+// Shell-style name patterns: '*' any run of characters, '?' one character.
+bool matches_pattern(std::string_view pattern, std::string_view name);
+
+}  // namespace dj

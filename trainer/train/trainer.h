@@ -1,0 +1,28 @@
+// The training loop: AdamW fine-tuning of a GPT-NeoX model (softmax or DiJiang attention) on a
+// token stream, with gradient accumulation, clipping, Pythia's schedule, non-finite-step skipping,
+// atomic checkpoints that resume bit for bit, metrics.jsonl and loss / learning-rate plots.
+#pragma once
+#include <cstdint>
+#include <filesystem>
+
+#include "trainer/config/experiment.h"
+
+namespace dj {
+
+struct TrainOutcome {
+  int64_t step = 0;         // steps completed
+  double last_loss = 0.0;   // mean training loss of the last step
+  bool interrupted = false; // stopped by SIGINT/SIGTERM (after writing a checkpoint)
+  std::filesystem::path checkpoint;  // the last checkpoint written
+};
+
+// Checkpoints are `<out_dir>/ckpt-<step>.h5`: the model tensors, the AdamW moments
+// (`optimizer.m.<name>`, `optimizer.v.<name>`), and metadata with the step, the data cursor and
+// the resolved experiment. `resume` continues from the newest one in out_dir. `stop_after` > 0
+// ends this run (with a checkpoint) after that many steps, for jobs with a time limit.
+TrainOutcome train(const Experiment& experiment, bool resume, int64_t stop_after = 0);
+
+// The newest checkpoint in a training directory (empty if there is none).
+std::filesystem::path latest_checkpoint(const std::filesystem::path& out_dir);
+
+}  // namespace dj
