@@ -38,7 +38,9 @@ expect_failure "token id 999 at index 3 is not below the model's vocab_size 997"
 write_npy "$WORK/good.npy" "<i8" 8 5 6 7 9 8
 "$DIJIANG" -q eval --model "$FIXTURES/neox_odd/f32" --tokens "$WORK/good.npy" --seq-len 4 --json | grep -q "\"tokens\":3" \
   || die "hand-written i8 .npy not read back"
-expect_failure "not a .npy file" "$DIJIANG" eval --model "$MODEL" --tokens "$MODEL/config.json" --seq-len 8
+cp "$MODEL/config.json" "$WORK/config.npy"
+expect_failure "not a .npy file" "$DIJIANG" eval --model "$MODEL" --tokens "$WORK/config.npy" --seq-len 8
+expect_failure "$WORK/absent.idx" "$DIJIANG" eval --model "$MODEL" --tokens "$WORK/absent" --seq-len 8
 
 # Not a checkpoint at all.
 expect_failure "not a native checkpoint" "$DIJIANG" inspect --model "$MODEL/config.json"

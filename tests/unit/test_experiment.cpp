@@ -111,11 +111,15 @@ TEST(Experiment, NamePatterns) {
   EXPECT_TRUE(matches_pattern("*a*b*", "xxaxxbxx"));
 }
 
-TEST(Experiment, ShippedMicroConfigsAreValid) {
-  for (const auto& entry : fs::directory_iterator(test::source_dir() / "configs" / "micro")) {
+TEST(Experiment, ShippedConfigsAreValid) {
+  int checked = 0;
+  for (const auto& entry : fs::recursive_directory_iterator(test::source_dir() / "configs")) {
+    if (entry.path().extension() != ".yaml") continue;
     SCOPED_TRACE(entry.path().string());
     EXPECT_NO_THROW(load_experiment(entry.path(), {}));
+    ++checked;
   }
+  EXPECT_GE(checked, 11);  // ten Pythia sizes and the micro experiments
 }
 
 }  // namespace

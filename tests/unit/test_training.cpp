@@ -1,6 +1,7 @@
 // The training loop: exact resume, and a loss that goes down.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <fstream>
 
@@ -8,6 +9,7 @@
 
 #include "fixture_paths.h"
 #include "trainer/checkpoint/native.h"
+#include "trainer/model/init.h"
 #include "trainer/model/source.h"
 #include "trainer/train/trainer.h"
 
@@ -102,6 +104,41 @@ TEST(Training, FrozenTensorsDoNotMove) {
   for (double value : trained.tensors.at("optimizer.m.gpt_neox.layers.0.attention.proj_matrix").to_f64_vector())
     ASSERT_EQ(value, 0.0);
   fs::remove_all(root);
+}
+
+TEST(Training, FromScratchOnAConfig) {
+  const fs::path root = fs::temp_directory_path() / "dijiang-scratch";
+  fs::remove_all(root);
+  Experiment e = tiny_experiment(root, "keep");
+  e.model_source = test::fixture("neox_parallel/f32/config.json").string();
+  e.steps = 12;
+  const TrainOutcome outcome = train(e, false);
+  const std::vector<double> l = losses(root);
+  ASSERT_EQ(l.size(), 12u);
+  EXPECT_NEAR(l.front(), std::log(1000.0), 0.5);  // a fresh model predicts about uniformly
+  EXPECT_LT(l.back(), l.front() - 0.1);
+  fs::remove_all(root);
+}
+
+TEST(Training, InitialisationFollowsGptNeoX) {
+  ModelConfig c;
+  c.vocab_size = 500;
+  c.hidden_size = 128;
+  c.num_layers = 4;
+  c.num_heads = 4;
+  c.intermediate_size = 512;
+  const TensorMap t = initial_tensors(c, 9);
+  const auto stddev = [&](const std::string& name) {
+    double sum = 0.0;
+    const std::vector<double> v = t.at(name).to_f64_vector();
+    for (double x : v) sum += x * x;
+    return std::sqrt(sum / static_cast<double>(v.size()));
+  };
+  EXPECT_NEAR(stddev("gpt_neox.embed_in.weight"), std::sqrt(2.0 / (5.0 * 128)), 2e-3);
+  EXPECT_NEAR(stddev("gpt_neox.layers.2.mlp.dense_4h_to_h.weight"), 2.0 / (4 * std::sqrt(128.0)), 2e-3);
+  for (double x : t.at("gpt_neox.layers.0.input_layernorm.weight").to_f64_vector()) ASSERT_EQ(x, 1.0);
+  for (double x : t.at("gpt_neox.layers.0.attention.dense.bias").to_f64_vector()) ASSERT_EQ(x, 0.0);
+  EXPECT_EQ(initial_tensors(c, 9).at("embed_out.weight").to_f64_vector(), t.at("embed_out.weight").to_f64_vector());
 }
 
 }  // namespace

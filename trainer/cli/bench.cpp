@@ -23,6 +23,7 @@
 #include "trainer/report/plot.h"
 #include "trainer/cli/commands.h"
 #include "trainer/model/gpt_neox.h"
+#include "trainer/model/init.h"
 
 namespace dj::cli {
 
@@ -61,18 +62,6 @@ double forward_flops(const ModelConfig& c, int64_t seq) {
   return per_token * S + attention;
 }
 
-void initialise(GPTNeoX<float>& model, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> normal(0.0f, 0.02f);
-  for (const auto& view : model.layout().views()) {
-    float* p = model.parameter(view.name);
-    const bool norm_weight = view.name.find("layernorm.weight") != std::string::npos ||
-                             view.name.find("layer_norm.weight") != std::string::npos;
-    const bool bias = view.shape.size() == 1;
-    for (int64_t i = 0; i < view.numel(); ++i) p[i] = norm_weight ? 1.0f : bias ? 0.0f : normal(rng);
-  }
-}
-
 struct BenchModelOptions {
   std::string config;
   int64_t seq_len = 512, batch = 1;
@@ -91,7 +80,7 @@ void bench_model(const BenchModelOptions& o) {
   }
   const ModelConfig config = ModelConfig::from_hf_json(json, o.config);
   GPTNeoX<float> model(config);
-  initialise(model, 1234);
+  model.load(initial_tensors(config, 1234), o.config);
   std::mt19937 rng(99);
   std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config.vocab_size - 1));
   std::vector<int32_t> ids(static_cast<size_t>(o.batch * o.seq_len));

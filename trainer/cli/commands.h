@@ -11,5 +11,7 @@ void register_export(CLI::App& app);
 void register_bench(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_train(CLI::App& app);
+void register_plot(CLI::App& app);
+void register_preprocess(CLI::App& app);
 
 }  // namespace dj::cli

@@ -11,6 +11,7 @@
 #include "kernels/core/error.h"
 #include "trainer/cli/commands.h"
 #include "trainer/data/npy.h"
+#include "trainer/data/token_stream.h"
 #include "trainer/data/tokenizer.h"
 #include "trainer/data/tokenizer_text.h"
 #include "trainer/model/evaluate.h"
@@ -38,7 +39,7 @@ void register_eval(CLI::App& app) {
   auto* cmd = app.add_subcommand("eval", "loss and perplexity on consecutive windows of tokens");
   auto o = std::make_shared<EvalOptions>();
   cmd->add_option("--model", o->model, "Hugging Face directory or native checkpoint")->required();
-  auto* tokens = cmd->add_option("--tokens", o->tokens, "1-D .npy array of token ids (u16, i32 or i64)");
+  auto* tokens = cmd->add_option("--tokens", o->tokens, "1-D .npy array of token ids, or an indexed-dataset prefix (PREFIX.bin/.idx; shards comma-separated)");
   auto* text = cmd->add_option("--text", o->text, "UTF-8 text file, tokenized first (see --tokenizer)");
   tokens->excludes(text);
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json for --text (default: the model directory's, else GPT-NeoX's)");
@@ -50,7 +51,7 @@ void register_eval(CLI::App& app) {
   cmd->add_flag("--json", o->json, "print one JSON line {\"tokens\", \"loss\", \"ppl\"}");
   cmd->callback([o] {
     if (o->tokens.empty() && o->text.empty()) fail("eval needs --tokens FILE.npy or --text FILE");
-    const std::vector<int32_t> ids = o->text.empty() ? read_npy_tokens(o->tokens)
+    const std::vector<int32_t> ids = o->text.empty() ? read_token_stream(o->tokens)
                                                       : encode_text_file(Tokenizer::from_file(tokenizer_for(*o)), o->text);
     ModelSource source = read_model_source(o->model);
     if (!o->dijiang_form.empty()) {

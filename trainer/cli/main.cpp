@@ -43,6 +43,8 @@ int main(int argc, char** argv) {
   dj::cli::register_bench(app);
   dj::cli::register_tokenize(app);
   dj::cli::register_train(app);
+  dj::cli::register_plot(app);
+  dj::cli::register_preprocess(app);
 
   try {
     app.parse(argc, argv);

@@ -19,7 +19,7 @@ struct Experiment {
   std::string model_source;             // Hugging Face directory or native checkpoint
   std::string attention = "keep";       // keep, softmax or dijiang (converts a softmax source)
   DiJiangOptions dijiang;
-  // data: 1-D token arrays (.npy)
+  // data: token files (.npy arrays or indexed-dataset prefixes, see read_token_stream)
   std::string train_tokens, valid_tokens;
   int64_t seq_len = 128;
   // batch

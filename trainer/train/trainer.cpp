@@ -15,9 +15,10 @@
 #include "kernels/core/error.h"
 #include "trainer/checkpoint/atomic_write.h"
 #include "trainer/checkpoint/native.h"
-#include "trainer/data/npy.h"
+#include "trainer/data/token_stream.h"
 #include "trainer/model/dijiang_tensors.h"
 #include "trainer/model/gpt_neox.h"
+#include "trainer/model/init.h"
 #include "trainer/model/source.h"
 #include "trainer/optim/adamw.h"
 #include "trainer/report/plot.h"
@@ -77,7 +78,7 @@ class Run {
       from = latest_checkpoint(e_.out_dir);
       if (from.empty()) spdlog::warn("--resume: no checkpoint in {}; starting from {}", e_.out_dir, e_.model_source);
     }
-    ModelSource source = read_model_source(from.empty() ? fs::path(e_.model_source) : from);
+    ModelSource source = from.empty() ? initial_source() : read_model_source(from);
     prepare_attention(source);
     model_ = std::make_unique<GPTNeoX<float>>(source.config);
     model_->load(source.tensors, source.path.string());
@@ -88,11 +89,11 @@ class Run {
     if (!from.empty()) restore(source, from);
     else std::ofstream(metrics_path(), std::ios::trunc);
 
-    std::vector<int32_t> train_tokens = read_npy_tokens(e_.train_tokens);
+    std::vector<int32_t> train_tokens = read_token_stream(e_.train_tokens);
     check_vocabulary(train_tokens, e_.train_tokens);
     batches_ = std::make_unique<TokenBatches>(std::move(train_tokens), e_.seq_len, e_.seed);
     if (!e_.valid_tokens.empty()) {
-      valid_ = read_npy_tokens(e_.valid_tokens);
+      valid_ = read_token_stream(e_.valid_tokens);
       check_vocabulary(valid_, e_.valid_tokens);
     }
   }
@@ -170,6 +171,24 @@ class Run {
   }
 
  private:
+  // model.source is a model, or a GPT-NeoX config.json to train from scratch (weights from
+  // initial_tensors, seeded by the experiment's seed).
+  ModelSource initial_source() const {
+    const fs::path path = e_.model_source;
+    if (!(fs::is_regular_file(path) && path.extension() == ".json")) return read_model_source(path);
+    std::ifstream in(path);
+    nlohmann::json json = nlohmann::json::parse(in, nullptr, false);
+    if (json.is_discarded()) fail("{}: bad JSON", path.string());
+    ModelSource source;
+    source.path = path;
+    source.hf_config = json;
+    source.config = ModelConfig::from_hf_json(json, path.string());
+    if (source.config.is_dijiang()) fail("{}: a config to train from scratch must have softmax attention", path.string());
+    source.tensors = initial_tensors(source.config, e_.seed);
+    spdlog::info("initialised a fresh model from {} (seed {})", path.string(), e_.seed);
+    return source;
+  }
+
   void prepare_attention(ModelSource& source) {
     if (e_.attention == "softmax" && source.config.is_dijiang())
       fail("model.attention is softmax but {} has DiJiang attention", source.path.string());
