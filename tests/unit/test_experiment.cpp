@@ -87,6 +87,10 @@ TEST(Experiment, BadConfigsGiveClearMessages) {
       {"override_type", "model: {source: x}\ndata: {train: t.npy}\n", {"schedule.steps=ten"},
        "override 'schedule.steps=ten': 'schedule.steps' must be an integer, got 'ten'"},
       {"override_form", "model: {source: x}\ndata: {train: t.npy}\n", {"schedule.steps"}, "expected KEY=VALUE"},
+      {"global_tokens", "model: {source: x}\ndata: {train: t.npy, seq_len: 64}\nbatch: {micro_batch: 2, global_tokens: 100}\n",
+       {}, "batch.global_tokens 100 differs from micro_batch 2 x grad_accum 1 x seq_len 64 = 128"},
+      {"order", "model: {source: x}\ndata: {train: t.npy, order: random}\n", {},
+       "'data.order' is 'random', expected one of: shuffled, pythia"},
       {"dijiang_option", "model: {source: x, dijiang: {samplng: qmc}}\ndata: {train: t.npy}\n", {},
        "unknown key 'model.dijiang.samplng' (did you mean 'model.dijiang.sampling'?)"},
   };

@@ -1,6 +1,7 @@
 // The training loop: exact resume, and a loss that goes down.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
@@ -11,6 +12,8 @@
 #include "trainer/checkpoint/native.h"
 #include "trainer/model/init.h"
 #include "trainer/model/source.h"
+#include "kernels/core/error.h"
+#include "trainer/train/token_batches.h"
 #include "trainer/train/trainer.h"
 
 namespace dj {
@@ -104,6 +107,40 @@ TEST(Training, FrozenTensorsDoNotMove) {
   for (double value : trained.tensors.at("optimizer.m.gpt_neox.layers.0.attention.proj_matrix").to_f64_vector())
     ASSERT_EQ(value, 0.0);
   fs::remove_all(root);
+}
+
+TEST(Training, PythiaOrderVisitsStoredSamplesInOrder) {
+  std::vector<int32_t> tokens(50);
+  for (int32_t i = 0; i < 50; ++i) tokens[static_cast<size_t>(i)] = i;
+  TokenBatches batches(tokens, 9, 0, true);  // samples of 10 tokens, no overlap
+  ASSERT_EQ(batches.samples(), 5);
+  DataCursor cursor;
+  std::vector<int32_t> out(20);
+  batches.next(out.data(), 2, cursor);
+  EXPECT_EQ(out.front(), 0);
+  EXPECT_EQ(out[10], 10);
+  batches.next(out.data(), 2, cursor);
+  EXPECT_EQ(out.front(), 20);
+  batches.next(out.data(), 2, cursor);  // sample 4, then the next epoch starts again at 0
+  EXPECT_EQ(out.front(), 40);
+  EXPECT_EQ(out[10], 0);
+  EXPECT_EQ(cursor.epoch, 1);
+
+  TokenBatches shuffled(tokens, 9, 0, false);  // samples of 10 tokens sharing a boundary token
+  EXPECT_EQ(shuffled.samples(), 5);
+  DataCursor c2;
+  std::vector<int32_t> all(50);
+  shuffled.next(all.data(), 5, c2);
+  std::vector<int32_t> starts;
+  for (int i = 0; i < 5; ++i) starts.push_back(all[static_cast<size_t>(i * 10)]);
+  std::sort(starts.begin(), starts.end());
+  EXPECT_EQ(starts, (std::vector<int32_t>{0, 9, 18, 27, 36}));
+}
+
+TEST(Training, PrecisionOtherThanF32NeedsCuda) {
+  Experiment e = tiny_experiment(fs::temp_directory_path() / "dijiang-precision", "keep");
+  e.precision = "bf16";
+  EXPECT_THROW(train(e, false), Error);
 }
 
 TEST(Training, FromScratchOnAConfig) {

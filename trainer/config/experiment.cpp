@@ -39,8 +39,11 @@ const std::vector<Key>& schema() {
       {"data.train", Kind::String, [](Experiment& e) -> void* { return &e.train_tokens; }, {}, true},
       {"data.valid", Kind::String, [](Experiment& e) -> void* { return &e.valid_tokens; }},
       {"data.seq_len", Kind::Int, [](Experiment& e) -> void* { return &e.seq_len; }},
+      {"data.order", Kind::String, [](Experiment& e) -> void* { return &e.order; }, {"shuffled", "pythia"}},
       {"batch.micro_batch", Kind::Int, [](Experiment& e) -> void* { return &e.micro_batch; }},
       {"batch.grad_accum", Kind::Int, [](Experiment& e) -> void* { return &e.grad_accum; }},
+      {"batch.global_tokens", Kind::Int, [](Experiment& e) -> void* { return &e.global_tokens; }},
+      {"precision", Kind::String, [](Experiment& e) -> void* { return &e.precision; }, {"f32", "bf16"}},
       {"optimizer.lr", Kind::Float, [](Experiment& e) -> void* { return &e.lr; }},
       {"optimizer.min_lr", Kind::Float, [](Experiment& e) -> void* { return &e.min_lr; }},
       {"optimizer.beta1", Kind::Float, [](Experiment& e) -> void* { return &e.beta1; }},
@@ -197,6 +200,9 @@ void check_values(const Experiment& e, const std::string& file) {
   positive(e.max_bad_steps, "schedule.max_bad_steps");
   positive(e.dijiang.chunk, "model.dijiang.chunk");
   if (e.warmup < 0) fail("{}: 'schedule.warmup' must not be negative", file);
+  if (e.global_tokens != 0 && e.global_tokens != e.tokens_per_step())
+    fail("{}: batch.global_tokens {} differs from micro_batch {} x grad_accum {} x seq_len {} = {}", file,
+         e.global_tokens, e.micro_batch, e.grad_accum, e.seq_len, e.tokens_per_step());
   if (e.eval_every < 0) fail("{}: 'logging.eval_every' must not be negative", file);
   if (!(e.lr > 0) || !(e.min_lr >= 0) || e.min_lr > e.lr)
     fail("{}: learning rates must satisfy 0 <= optimizer.min_lr <= optimizer.lr and lr > 0", file);

@@ -22,8 +22,11 @@ struct Experiment {
   // data: token files (.npy arrays or indexed-dataset prefixes, see read_token_stream)
   std::string train_tokens, valid_tokens;
   int64_t seq_len = 128;
+  std::string order = "shuffled";       // shuffled or pythia (see TokenBatches)
   // batch
   int64_t micro_batch = 4, grad_accum = 1;
+  int64_t global_tokens = 0;            // if set, must equal micro_batch · grad_accum · seq_len
+  std::string precision = "f32";        // f32 on the CPU; bf16 needs the CUDA backend
   // optimizer
   double lr = 1e-3, min_lr = 1e-4, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, grad_clip = 1.0;
   std::vector<std::string> freeze;      // parameter-name patterns (* and ?) that do not train

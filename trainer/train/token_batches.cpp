@@ -16,10 +16,14 @@ uint64_t splitmix(uint64_t& state) {
 }
 }  // namespace
 
-TokenBatches::TokenBatches(std::vector<int32_t> tokens, int64_t seq_len, uint64_t seed)
-    : tokens_(std::move(tokens)), seq_len_(seq_len), seed_(seed) {
+TokenBatches::TokenBatches(std::vector<int32_t> tokens, int64_t seq_len, uint64_t seed, bool pythia_order)
+    : tokens_(std::move(tokens)),
+      seq_len_(seq_len),
+      stride_(pythia_order ? seq_len + 1 : seq_len),
+      seed_(seed),
+      pythia_order_(pythia_order) {
   const auto n = static_cast<int64_t>(tokens_.size());
-  samples_ = n > seq_len_ ? (n - 1) / seq_len_ : 0;
+  samples_ = n > seq_len_ ? (n - 1 - seq_len_) / stride_ + 1 : 0;
   if (samples_ == 0)
     fail("{} tokens are too few for one sample of {} + 1 tokens", n, seq_len_);
 }
@@ -27,6 +31,8 @@ TokenBatches::TokenBatches(std::vector<int32_t> tokens, int64_t seq_len, uint64_
 void TokenBatches::shuffle_for(int64_t epoch) {
   order_.resize(static_cast<size_t>(samples_));
   for (int64_t i = 0; i < samples_; ++i) order_[static_cast<size_t>(i)] = i;
+  order_epoch_ = epoch;
+  if (pythia_order_) return;
   uint64_t state = seed_ ^ (static_cast<uint64_t>(epoch) * 0xD1B54A32D192ED03ull);
   for (int64_t i = samples_ - 1; i > 0; --i) {
     const uint64_t bound = static_cast<uint64_t>(i + 1);
@@ -36,7 +42,6 @@ void TokenBatches::shuffle_for(int64_t epoch) {
     while (x >= limit);
     std::swap(order_[static_cast<size_t>(i)], order_[x % bound]);
   }
-  order_epoch_ = epoch;
 }
 
 void TokenBatches::next(int32_t* out, int64_t count, DataCursor& cursor) {
@@ -47,7 +52,7 @@ void TokenBatches::next(int32_t* out, int64_t count, DataCursor& cursor) {
     }
     if (order_epoch_ != cursor.epoch) shuffle_for(cursor.epoch);
     const int64_t sample = order_[static_cast<size_t>(cursor.position++)];
-    const int32_t* begin = tokens_.data() + sample * seq_len_;
+    const int32_t* begin = tokens_.data() + sample * stride_;
     std::copy(begin, begin + seq_len_ + 1, out + b * (seq_len_ + 1));
   }
 }

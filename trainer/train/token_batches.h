@@ -1,9 +1,13 @@
-// Fixed-length training samples cut from a token stream, visited in a seeded order.
+// Fixed-length training samples cut from a token stream.
 //
-// Sample i covers tokens [i·L, i·L + L] (L + 1 tokens, L predictions; consecutive samples share
-// one boundary token, as Pythia's 2049-token samples do). Each epoch visits every sample once in a
-// permutation drawn from (seed, epoch); the cursor (epoch, position) is all the state there is, so
-// a checkpoint that stores it resumes the exact sequence of batches.
+// Shuffled order: sample i covers tokens [i·L, i·L + L] (L + 1 tokens, L predictions, so
+// consecutive samples share one boundary token and every token is predicted once per epoch), and
+// each epoch visits every sample once in a permutation drawn from (seed, epoch).
+// Pythia order: sample i covers tokens [i·(L+1), (i+1)·(L+1)) and samples are visited as stored,
+// which on Pythia's preshuffled dataset (2049-token sequences, L = 2048) reproduces its training
+// order: step s with B sequences per step uses samples [B·s, B·(s+1)).
+// The cursor (epoch, position) is all the state there is, so a checkpoint that stores it resumes
+// the exact sequence of batches.
 #pragma once
 #include <cstdint>
 #include <vector>
@@ -17,7 +21,7 @@ struct DataCursor {
 
 class TokenBatches {
  public:
-  TokenBatches(std::vector<int32_t> tokens, int64_t seq_len, uint64_t seed);
+  TokenBatches(std::vector<int32_t> tokens, int64_t seq_len, uint64_t seed, bool pythia_order = false);
 
   int64_t samples() const { return samples_; }
   int64_t sample_tokens() const { return seq_len_ + 1; }
@@ -28,8 +32,9 @@ class TokenBatches {
   void shuffle_for(int64_t epoch);
 
   std::vector<int32_t> tokens_;
-  int64_t seq_len_, samples_;
+  int64_t seq_len_, stride_, samples_;
   uint64_t seed_;
+  bool pythia_order_;
   int64_t order_epoch_ = -1;
   std::vector<int64_t> order_;
 };

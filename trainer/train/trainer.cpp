@@ -1,11 +1,13 @@
 #include "trainer/train/trainer.h"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <regex>
@@ -72,6 +74,8 @@ std::string duration_text(double seconds) {
 class Run {
  public:
   Run(const Experiment& e, bool resume) : e_(e) {
+    if (e_.precision != "f32")
+      fail("precision {} needs the CUDA backend; the CPU trains in f32 (set precision: f32)", e_.precision);
     fs::create_directories(e_.out_dir);
     fs::path from;
     if (resume) {
@@ -91,7 +95,7 @@ class Run {
 
     std::vector<int32_t> train_tokens = read_token_stream(e_.train_tokens);
     check_vocabulary(train_tokens, e_.train_tokens);
-    batches_ = std::make_unique<TokenBatches>(std::move(train_tokens), e_.seq_len, e_.seed);
+    batches_ = std::make_unique<TokenBatches>(std::move(train_tokens), e_.seq_len, e_.seed, e_.order == "pythia");
     if (!e_.valid_tokens.empty()) {
       valid_ = read_token_stream(e_.valid_tokens);
       check_vocabulary(valid_, e_.valid_tokens);
@@ -142,11 +146,24 @@ class Run {
       const double tokens_per_s = static_cast<double>(e_.tokens_per_step()) / step_seconds;
       record({step_, loss, lr, norm, tokens_per_s});
       outcome.last_loss = loss;
-      if (step_ % e_.log_every == 0 || step_ == e_.steps) {
+      {
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         const double per_step = elapsed / static_cast<double>(step_ - first_step);
-        spdlog::info("step {}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | ETA {}", step_, e_.steps,
-                     loss, lr, norm, tokens_per_s, duration_text(per_step * static_cast<double>(e_.steps - step_)));
+        const std::string status =
+            fmt::format("step {}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | ETA {}", step_,
+                        e_.steps, loss, lr, norm, tokens_per_s,
+                        duration_text(per_step * static_cast<double>(e_.steps - step_)));
+        if (step_ % e_.log_every == 0 || step_ == e_.steps) {
+          if (progress_on_terminal_) std::fputs("\r\033[K", stderr);
+          spdlog::info("{}", status);
+        } else if (progress_on_terminal_) {
+          // On a terminal a bar between the logged lines shows every step.
+          constexpr int kWidth = 30;
+          const auto filled = static_cast<int>(kWidth * step_ / e_.steps);
+          std::fprintf(stderr, "\r\033[K[%s%s] %s", std::string(static_cast<size_t>(filled), '#').c_str(),
+                       std::string(static_cast<size_t>(kWidth - filled), '.').c_str(), status.c_str());
+          std::fflush(stderr);
+        }
       }
       if (e_.eval_every > 0 && step_ % e_.eval_every == 0) validate();
       const bool stopping = stop_requested.load() || (stop_after > 0 && step_ - first_step >= stop_after);
@@ -332,6 +349,7 @@ class Run {
   }
 
   Experiment e_;
+  const bool progress_on_terminal_ = isatty(STDERR_FILENO) != 0;
   std::unique_ptr<GPTNeoX<float>> model_;
   std::vector<float> m_, v_;
   std::vector<uint8_t> decay_, update_;
