@@ -320,6 +320,7 @@ std::string experiment_to_yaml(const Experiment& experiment) {
     }
   }
   YAML::Emitter out;
+  out.SetDoublePrecision(15);  // 0.1 prints as 0.1; 15 digits round-trip every decimal literal of a config
   root.emit(out);
   return out.c_str();
 }

@@ -252,17 +252,25 @@ class Run {
         << "\n";
   }
 
+  // Mean loss over consecutive windows of seq_len + 1 validation tokens (a shorter last window
+  // included), evaluated micro_batch windows at a time.
   void validate() {
     if (valid_.empty()) return;
-    const int64_t window = e_.seq_len + 1;
+    const int64_t window = e_.seq_len + 1, n = static_cast<int64_t>(valid_.size());
+    const int64_t full = n / window, remainder = n % window;
     double sum = 0.0;
     int64_t count = 0;
-    for (int64_t begin = 0; begin + 2 <= static_cast<int64_t>(valid_.size()); begin += window) {
-      const int64_t length = std::min<int64_t>(window, static_cast<int64_t>(valid_.size()) - begin);
-      const auto loss = model_->forward_loss_sum(valid_.data() + begin, 1, length);
+    for (int64_t w = 0; w < full; w += e_.micro_batch) {
+      const auto loss = model_->forward_loss_sum(valid_.data() + w * window, std::min(e_.micro_batch, full - w), window);
       sum += loss.sum;
       count += loss.count;
     }
+    if (remainder >= 2) {
+      const auto loss = model_->forward_loss_sum(valid_.data() + full * window, 1, remainder);
+      sum += loss.sum;
+      count += loss.count;
+    }
+    if (count == 0) return;
     const double loss = sum / static_cast<double>(count);
     spdlog::info("step {}: validation loss {:.4f}, perplexity {:.2f}", step_, loss, std::exp(loss));
     std::ofstream(metrics_path(), std::ios::app)
