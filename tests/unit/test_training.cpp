@@ -10,6 +10,8 @@
 
 #include "fixture_paths.h"
 #include "trainer/checkpoint/native.h"
+#include "trainer/data/indexed_dataset.h"
+#include "trainer/data/npy.h"
 #include "trainer/model/init.h"
 #include "trainer/model/source.h"
 #include "kernels/core/error.h"
@@ -135,6 +137,37 @@ TEST(Training, PythiaOrderVisitsStoredSamplesInOrder) {
   for (int i = 0; i < 5; ++i) starts.push_back(all[static_cast<size_t>(i * 10)]);
   std::sort(starts.begin(), starts.end());
   EXPECT_EQ(starts, (std::vector<int32_t>{0, 9, 18, 27, 36}));
+}
+
+// Pythia order on an indexed dataset streams its stored sequences (memory-mapped) in order and
+// gives the same training as the same samples from an in-memory array.
+TEST(Training, PythiaOrderStreamsAnIndexedDataset) {
+  const fs::path root = fs::temp_directory_path() / "dijiang-pythia-order";
+  fs::remove_all(root);
+  fs::create_directories(root);
+  const std::vector<int32_t> ids = read_npy_tokens(test::fixture("neox_parallel/eval_tokens.npy"));
+  IndexedDatasetWriter writer((root / "samples").string());
+  const int64_t sample = 25;  // seq_len 24 + 1
+  for (int64_t i = 0; i + sample <= static_cast<int64_t>(ids.size()); i += sample)
+    writer.add_document(std::vector<int32_t>(ids.begin() + i, ids.begin() + i + sample));
+  writer.finish();
+
+  Experiment streamed = tiny_experiment(root / "streamed", "keep");
+  streamed.order = "pythia";
+  streamed.steps = 4;
+  streamed.train_tokens = (root / "samples").string();
+  Experiment in_memory = streamed;
+  in_memory.out_dir = (root / "in-memory").string();
+  in_memory.train_tokens = test::fixture("neox_parallel/eval_tokens.npy").string();
+  train(streamed, false);
+  train(in_memory, false);
+  EXPECT_EQ(losses(root / "streamed"), losses(root / "in-memory"));
+
+  Experiment wrong = streamed;
+  wrong.out_dir = (root / "wrong").string();
+  wrong.seq_len = 30;
+  EXPECT_THROW(train(wrong, false), Error);
+  fs::remove_all(root);
 }
 
 TEST(Training, PrecisionOtherThanF32NeedsCuda) {

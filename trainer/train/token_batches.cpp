@@ -28,6 +28,16 @@ TokenBatches::TokenBatches(std::vector<int32_t> tokens, int64_t seq_len, uint64_
     fail("{} tokens are too few for one sample of {} + 1 tokens", n, seq_len_);
 }
 
+TokenBatches::TokenBatches(IndexedDataset dataset, int64_t seq_len)
+    : dataset_(std::make_unique<IndexedDataset>(std::move(dataset))),
+      seq_len_(seq_len),
+      stride_(seq_len + 1),
+      samples_(dataset_->sequences()),
+      seed_(0),
+      pythia_order_(true) {
+  if (samples_ == 0) fail("the indexed dataset holds no sequences");
+}
+
 void TokenBatches::shuffle_for(int64_t epoch) {
   order_.resize(static_cast<size_t>(samples_));
   for (int64_t i = 0; i < samples_; ++i) order_[static_cast<size_t>(i)] = i;
@@ -52,8 +62,17 @@ void TokenBatches::next(int32_t* out, int64_t count, DataCursor& cursor) {
     }
     if (order_epoch_ != cursor.epoch) shuffle_for(cursor.epoch);
     const int64_t sample = order_[static_cast<size_t>(cursor.position++)];
+    int32_t* destination = out + b * (seq_len_ + 1);
+    if (dataset_) {
+      const std::vector<int32_t> sequence = dataset_->sequence(sample);
+      if (static_cast<int64_t>(sequence.size()) != seq_len_ + 1)
+        fail("data.order pythia: sequence {} has {} tokens, samples of seq_len + 1 = {} are needed", sample,
+             sequence.size(), seq_len_ + 1);
+      std::copy(sequence.begin(), sequence.end(), destination);
+      continue;
+    }
     const int32_t* begin = tokens_.data() + sample * stride_;
-    std::copy(begin, begin + seq_len_ + 1, out + b * (seq_len_ + 1));
+    std::copy(begin, begin + seq_len_ + 1, destination);
   }
 }
 

@@ -10,7 +10,10 @@
 // the exact sequence of batches.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <vector>
+
+#include "trainer/data/indexed_dataset.h"
 
 namespace dj {
 
@@ -22,6 +25,10 @@ struct DataCursor {
 class TokenBatches {
  public:
   TokenBatches(std::vector<int32_t> tokens, int64_t seq_len, uint64_t seed, bool pythia_order = false);
+  // Pythia order straight from a memory-mapped indexed dataset whose sequences are the samples
+  // (each exactly seq_len + 1 tokens, as in Pythia's preshuffled data): nothing is loaded up front,
+  // so datasets of any size work.
+  TokenBatches(IndexedDataset dataset, int64_t seq_len);
 
   int64_t samples() const { return samples_; }
   int64_t sample_tokens() const { return seq_len_ + 1; }
@@ -32,6 +39,7 @@ class TokenBatches {
   void shuffle_for(int64_t epoch);
 
   std::vector<int32_t> tokens_;
+  std::unique_ptr<IndexedDataset> dataset_;
   int64_t seq_len_, stride_, samples_;
   uint64_t seed_;
   bool pythia_order_;

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <regex>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -93,9 +94,17 @@ class Run {
     if (!from.empty()) restore(source, from);
     else std::ofstream(metrics_path(), std::ios::trunc);
 
-    std::vector<int32_t> train_tokens = read_token_stream(e_.train_tokens);
-    check_vocabulary(train_tokens, e_.train_tokens);
-    batches_ = std::make_unique<TokenBatches>(std::move(train_tokens), e_.seq_len, e_.seed, e_.order == "pythia");
+    if (e_.order == "pythia" && !e_.train_tokens.ends_with(".npy")) {
+      // Pythia-scale data stays memory-mapped; ids are checked as each batch is drawn.
+      std::vector<std::string> shards;
+      std::stringstream in(e_.train_tokens);
+      for (std::string prefix; std::getline(in, prefix, ',');) shards.push_back(prefix);
+      batches_ = std::make_unique<TokenBatches>(IndexedDataset::open_shards(shards), e_.seq_len);
+    } else {
+      std::vector<int32_t> train_tokens = read_token_stream(e_.train_tokens);
+      check_vocabulary(train_tokens, e_.train_tokens);
+      batches_ = std::make_unique<TokenBatches>(std::move(train_tokens), e_.seq_len, e_.seed, e_.order == "pythia");
+    }
     if (!e_.valid_tokens.empty()) {
       valid_ = read_token_stream(e_.valid_tokens);
       check_vocabulary(valid_, e_.valid_tokens);
@@ -120,6 +129,7 @@ class Run {
       double loss = 0.0;
       for (int64_t a = 0; a < e_.grad_accum; ++a) {
         batches_->next(batch.data(), e_.micro_batch, cursor_);
+        check_vocabulary(batch, e_.train_tokens);
         loss += model_->forward(batch.data(), e_.micro_batch, batches_->sample_tokens());
         model_->backward();
       }
