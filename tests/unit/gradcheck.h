@@ -126,4 +126,20 @@ double dot(const std::vector<A>& a, const std::vector<B>& b) {
   return sum;
 }
 
+// The inputs of a check packed into one flat vector, as gradcheck wants them.
+struct Packed {
+  std::vector<double> values;
+  std::vector<size_t> offsets;  // start of each part, plus the end
+};
+
+inline Packed pack(const std::vector<std::vector<double>>& parts) {
+  Packed p;
+  for (const auto& part : parts) {
+    p.offsets.push_back(p.values.size());
+    p.values.insert(p.values.end(), part.begin(), part.end());
+  }
+  p.offsets.push_back(p.values.size());
+  return p;
+}
+
 }  // namespace dj::test

@@ -185,21 +185,8 @@ TEST(DiJiangDecayForms, AgreeWhereTheDecayUnderflows) {
 // ---------------------------------------------------------------------------------------------
 // Finite differences (fp64) of every gradient.
 
-// The inputs of a check packed into one flat vector, as gradcheck wants them.
-struct Packed {
-  std::vector<double> values;
-  std::vector<size_t> offsets;  // start of each part, plus the end
-};
-
-Packed pack(const std::vector<std::vector<double>>& parts) {
-  Packed p;
-  for (const auto& part : parts) {
-    p.offsets.push_back(p.values.size());
-    p.values.insert(p.values.end(), part.begin(), part.end());
-  }
-  p.offsets.push_back(p.values.size());
-  return p;
-}
+using test::pack;
+using test::Packed;
 
 // Checks each part on its own, so that each gradient is judged against its own scale (dlog γ
 // is a sum over all positions and far larger than the others).

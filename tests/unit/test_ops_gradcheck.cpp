@@ -24,21 +24,8 @@ using test::random_vector;
 
 constexpr double kTolerance = 1e-6;
 
-// The inputs of a check packed into one flat vector, as gradcheck wants them.
-struct Packed {
-  std::vector<double> values;
-  std::vector<size_t> offsets;  // start of each part, plus the end
-};
-
-Packed pack(const std::vector<std::vector<double>>& parts) {
-  Packed p;
-  for (const auto& part : parts) {
-    p.offsets.push_back(p.values.size());
-    p.values.insert(p.values.end(), part.begin(), part.end());
-  }
-  p.offsets.push_back(p.values.size());
-  return p;
-}
+using test::pack;
+using test::Packed;
 
 TEST(OpsGradcheck, Linear) {
   const int64_t rows = 4, in = 5, out = 3;
