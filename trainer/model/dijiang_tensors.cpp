@@ -4,36 +4,13 @@
 #include <numbers>
 
 #include "kernels/core/error.h"
+#include "kernels/core/random.h"
 #include "kernels/cpu/dijiang.h"
 #include "trainer/model/parameters.h"
 
 namespace dj {
 
 namespace {
-
-// SplitMix64: a tiny generator whose output is fixed by its definition, so seeded draws are the
-// same with every compiler and standard library (std::shuffle and the std distributions are not).
-class SplitMix64 {
- public:
-  explicit SplitMix64(uint64_t seed) : state_(seed) {}
-  uint64_t next() {
-    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-  }
-  double uniform() { return static_cast<double>(next() >> 11) * 0x1p-53; }  // [0, 1)
-  uint64_t below(uint64_t n) {  // uniform in [0, n) by rejection, without modulo bias
-    const uint64_t limit = UINT64_MAX - UINT64_MAX % n;
-    uint64_t x;
-    do x = next();
-    while (x >= limit);
-    return x % n;
-  }
-
- private:
-  uint64_t state_;
-};
 
 // One independent stream per (seed, layer, purpose).
 SplitMix64 stream(uint64_t seed, int64_t layer, uint64_t purpose) {
@@ -89,9 +66,7 @@ std::vector<double> sample_feature_scales(const DiJiangOptions& options, int64_t
   if (options.sampling == "qmc") {
     std::vector<int64_t> permutation(static_cast<size_t>(d));
     for (int64_t i = 0; i < d; ++i) permutation[static_cast<size_t>(i)] = i;
-    for (int64_t i = d - 1; i > 0; --i)  // Fisher-Yates
-      std::swap(permutation[static_cast<size_t>(i)],
-                permutation[rng.below(static_cast<uint64_t>(i + 1))]);
+    rng.shuffle(permutation.data(), d);
     for (int64_t i = 0; i < d; ++i)
       t[static_cast<size_t>(i)] =
           inverse_normal_cdf((static_cast<double>(permutation[static_cast<size_t>(i)]) + 0.5) / static_cast<double>(d));

@@ -3,18 +3,9 @@
 #include <algorithm>
 
 #include "kernels/core/error.h"
+#include "kernels/core/random.h"
 
 namespace dj {
-
-namespace {
-// SplitMix64 (fixed by its definition, unlike the standard distributions) drives the shuffle.
-uint64_t splitmix(uint64_t& state) {
-  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-}  // namespace
 
 TokenBatches::TokenBatches(std::vector<int32_t> tokens, int64_t seq_len, uint64_t seed, bool pythia_order)
     : tokens_(std::move(tokens)),
@@ -43,15 +34,8 @@ void TokenBatches::shuffle_for(int64_t epoch) {
   for (int64_t i = 0; i < samples_; ++i) order_[static_cast<size_t>(i)] = i;
   order_epoch_ = epoch;
   if (pythia_order_) return;
-  uint64_t state = seed_ ^ (static_cast<uint64_t>(epoch) * 0xD1B54A32D192ED03ull);
-  for (int64_t i = samples_ - 1; i > 0; --i) {
-    const uint64_t bound = static_cast<uint64_t>(i + 1);
-    const uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
-    uint64_t x;
-    do x = splitmix(state);
-    while (x >= limit);
-    std::swap(order_[static_cast<size_t>(i)], order_[x % bound]);
-  }
+  SplitMix64 rng(seed_ ^ (static_cast<uint64_t>(epoch) * 0xD1B54A32D192ED03ull));
+  rng.shuffle(order_.data(), samples_);
 }
 
 void TokenBatches::next(int32_t* out, int64_t count, DataCursor& cursor) {
