@@ -5,8 +5,6 @@
 #include "trainer/checkpoint/native.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/dtype_option.h"
-#include "trainer/model/dijiang_tensors.h"
-#include "trainer/model/parameters.h"
 #include "trainer/model/source.h"
 
 namespace dj::cli {
@@ -45,29 +43,14 @@ void register_convert(CLI::App& app) {
     ModelSource source = read_model_source(o->from);
     if (o->attention == "softmax" && source.config.is_dijiang())
       fail("{} has DiJiang attention; converting back to softmax attention is not supported", o->from);
-    if (o->attention == "dijiang" && source.config.is_dijiang())
-      fail("{} already has DiJiang attention", o->from);
-    if (o->attention == "dijiang") {
-      // Validate the pretrained tensors first, then add the new ones.
-      check_tensors(ParameterLayout::gpt_neox(source.config), source.config, source.tensors, source.path.string());
-      source.config.attention = AttentionKind::DiJiang;
-      source.config.dijiang = o->dijiang;
-      add_dijiang_tensors(source.tensors, source.config, DType::F64);
-    }
-    // Every tensor is checked against the config before anything is written, then converted
-    // straight from its stored dtype (one rounding at most).
-    const ParameterLayout layout = ParameterLayout::gpt_neox(source.config);
-    check_tensors(layout, source.config, source.tensors, source.path.string());
+    if (o->attention == "dijiang") convert_to_dijiang(source, o->dijiang);
     const DType dtype = parse_floating_dtype(o->dtype);
     NativeCheckpoint checkpoint;
     checkpoint.config = source.config.to_hf_json(source.hf_config, torch_dtype_name(o->dtype));
     checkpoint.metadata = {{"converted_from", source.path.string()},
                            {"source_format", source.kind == ModelSource::Kind::HuggingFace ? "hf" : "native"},
                            {"writer", "dijiang 0.1.0"}};
-    for (const auto& view : layout.views()) {
-      const Tensor& tensor = source.tensors.at(view.name);
-      checkpoint.tensors.emplace(view.name, tensor.dtype() == dtype ? tensor : tensor.to(dtype));
-    }
+    checkpoint.tensors = validated_tensors(source, dtype);
     if (o->shards > 0)
       write_native_checkpoint_directory(o->to, checkpoint, o->shards);
     else

@@ -10,7 +10,6 @@
 #include "trainer/cli/commands.h"
 #include "trainer/cli/dtype_option.h"
 #include "trainer/model/dijiang_tensors.h"
-#include "trainer/model/parameters.h"
 #include "trainer/model/source.h"
 
 namespace dj::cli {
@@ -49,14 +48,8 @@ void register_export(CLI::App& app) {
   cmd->add_flag("--force", o->force, "replace an existing output directory");
   cmd->callback([o] {
     ModelSource source = read_model_source(o->from);
-    const ParameterLayout layout = ParameterLayout::gpt_neox(source.config);
-    check_tensors(layout, source.config, source.tensors, source.path.string());
     const DType dtype = parse_floating_dtype(o->dtype);
-    TensorMap tensors;
-    for (const auto& view : layout.views()) {
-      const Tensor& tensor = source.tensors.at(view.name);
-      tensors.emplace(view.name, tensor.dtype() == dtype ? tensor : tensor.to(dtype));
-    }
+    TensorMap tensors = validated_tensors(source, dtype);
     // DiJiang models are written in the reference modeling code's layout (dijiang.md, section 5).
     if (source.config.is_dijiang()) tensors = export_interchange(tensors, source.config, dtype);
     const fs::path tokenizer = find_tokenizer(*o, source);

@@ -3,15 +3,13 @@
 #include <algorithm>
 
 #include "kernels/core/error.h"
-#include "trainer/model/gpt_neox.h"
 
 namespace dj {
 
 template <typename T>
-EvalResult evaluate_windows(const ModelSource& source, const std::vector<int32_t>& ids, int64_t seq_len,
-                            int64_t batch) {
+EvalResult evaluate_windows(GPTNeoX<T>& model, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch) {
   if (seq_len < 2) fail("--seq-len must be at least 2, got {}", seq_len);
-  const ModelConfig& c = source.config;
+  const ModelConfig& c = model.config();
   for (size_t i = 0; i < ids.size(); ++i)
     if (ids[i] >= c.vocab_size)
       fail("token id {} at index {} is not below the model's vocab_size {}", ids[i], i, c.vocab_size);
@@ -19,8 +17,6 @@ EvalResult evaluate_windows(const ModelSource& source, const std::vector<int32_t
   const int64_t full = n / seq_len, remainder = n % seq_len;
   if (full == 0 && remainder < 2) fail("{} token(s) are too few to predict anything", n);
 
-  GPTNeoX<T> model(c);
-  model.load(source.tensors, source.path.string());
   EvalResult r;
   for (int64_t w = 0; w < full; w += batch) {
     const int64_t b = std::min(batch, full - w);
@@ -40,6 +36,16 @@ EvalResult evaluate_windows(const ModelSource& source, const std::vector<int32_t
   return r;
 }
 
+template <typename T>
+EvalResult evaluate_windows(const ModelSource& source, const std::vector<int32_t>& ids, int64_t seq_len,
+                            int64_t batch) {
+  GPTNeoX<T> model(source.config);
+  model.load(source.tensors, source.path.string());
+  return evaluate_windows(model, ids, seq_len, batch);
+}
+
+template EvalResult evaluate_windows<float>(GPTNeoX<float>&, const std::vector<int32_t>&, int64_t, int64_t);
+template EvalResult evaluate_windows<double>(GPTNeoX<double>&, const std::vector<int32_t>&, int64_t, int64_t);
 template EvalResult evaluate_windows<float>(const ModelSource&, const std::vector<int32_t>&, int64_t, int64_t);
 template EvalResult evaluate_windows<double>(const ModelSource&, const std::vector<int32_t>&, int64_t, int64_t);
 

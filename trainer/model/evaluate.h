@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "trainer/model/gpt_neox.h"
 #include "trainer/model/source.h"
 
 namespace dj {
@@ -18,6 +19,10 @@ struct EvalResult {
 // forms one shorter window (a single leftover token predicts nothing and is dropped). Each window
 // is an independent sequence (positions restart at 0) predicting its tokens 1..n-1. Full windows
 // are evaluated `batch` at a time. Ids must lie below the model's vocabulary size.
+template <typename T>
+EvalResult evaluate_windows(GPTNeoX<T>& model, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch);
+
+// The same with a model built from `source`.
 template <typename T>
 EvalResult evaluate_windows(const ModelSource& source, const std::vector<int32_t>& ids, int64_t seq_len,
                             int64_t batch);

@@ -4,6 +4,7 @@
 #include "trainer/checkpoint/hf_directory.h"
 #include "trainer/checkpoint/native.h"
 #include "trainer/model/dijiang_tensors.h"
+#include "trainer/model/parameters.h"
 
 namespace dj {
 
@@ -46,6 +47,25 @@ ModelSource read_model_source(const std::filesystem::path& path) {
          path.string());
   }
   return source;
+}
+
+TensorMap validated_tensors(const ModelSource& source, DType dtype) {
+  const ParameterLayout layout = ParameterLayout::gpt_neox(source.config);
+  check_tensors(layout, source.config, source.tensors, source.path.string());
+  TensorMap out;
+  for (const auto& view : layout.views()) {
+    const Tensor& tensor = source.tensors.at(view.name);
+    out.emplace(view.name, tensor.dtype() == dtype ? tensor : tensor.to(dtype));
+  }
+  return out;
+}
+
+void convert_to_dijiang(ModelSource& source, const DiJiangOptions& options) {
+  if (source.config.is_dijiang()) fail("{} already has DiJiang attention", source.path.string());
+  check_tensors(ParameterLayout::gpt_neox(source.config), source.config, source.tensors, source.path.string());
+  source.config.attention = AttentionKind::DiJiang;
+  source.config.dijiang = options;
+  add_dijiang_tensors(source.tensors, source.config, DType::F64);
 }
 
 }  // namespace dj

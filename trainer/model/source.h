@@ -26,4 +26,12 @@ struct ModelSource {
 // Reads config and tensors; the tensors are validated against the config when a model loads them.
 ModelSource read_model_source(const std::filesystem::path& path);
 
+// The model's tensors, checked against its config (check_tensors), each converted straight from
+// its stored dtype to `dtype` (one rounding at most).
+TensorMap validated_tensors(const ModelSource& source, DType dtype);
+
+// Turns a softmax model into a DiJiang one: checks the pretrained tensors, then adds the new
+// ones initialised as the reference page says (add_dijiang_tensors). A DiJiang source is refused.
+void convert_to_dijiang(ModelSource& source, const DiJiangOptions& options);
+
 }  // namespace dj

@@ -32,6 +32,7 @@ class TokenBatches {
 
   int64_t samples() const { return samples_; }
   int64_t sample_tokens() const { return seq_len_ + 1; }
+  bool streamed() const { return dataset_ != nullptr; }
   // Writes `count` samples ([count, L + 1] ids) and advances the cursor.
   void next(int32_t* out, int64_t count, DataCursor& cursor);
 

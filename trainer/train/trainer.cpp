@@ -20,6 +20,7 @@
 #include "trainer/checkpoint/native.h"
 #include "trainer/data/token_stream.h"
 #include "trainer/model/dijiang_tensors.h"
+#include "trainer/model/evaluate.h"
 #include "trainer/model/gpt_neox.h"
 #include "trainer/model/init.h"
 #include "trainer/model/source.h"
@@ -129,7 +130,8 @@ class Run {
       double loss = 0.0;
       for (int64_t a = 0; a < e_.grad_accum; ++a) {
         batches_->next(batch.data(), e_.micro_batch, cursor_);
-        check_vocabulary(batch, e_.train_tokens);
+        // Streamed data is checked as it arrives; in-memory data was checked once at start.
+        if (batches_->streamed()) check_vocabulary(batch, e_.train_tokens);
         loss += model_->forward(batch.data(), e_.micro_batch, batches_->sample_tokens());
         model_->backward();
       }
@@ -220,10 +222,7 @@ class Run {
     if (e_.attention == "softmax" && source.config.is_dijiang())
       fail("model.attention is softmax but {} has DiJiang attention", source.path.string());
     if (e_.attention == "dijiang" && !source.config.is_dijiang()) {
-      check_tensors(ParameterLayout::gpt_neox(source.config), source.config, source.tensors, source.path.string());
-      source.config.attention = AttentionKind::DiJiang;
-      source.config.dijiang = e_.dijiang;
-      add_dijiang_tensors(source.tensors, source.config, DType::F64);
+      convert_to_dijiang(source, e_.dijiang);
       spdlog::info("converted {} to DiJiang attention (sampling {}, seed {})", source.path.string(),
                    e_.dijiang.sampling, e_.dijiang.seed);
     }
@@ -262,26 +261,11 @@ class Run {
         << "\n";
   }
 
-  // Mean loss over consecutive windows of seq_len + 1 validation tokens (a shorter last window
-  // included), evaluated micro_batch windows at a time.
+  // Mean loss over consecutive windows of seq_len + 1 validation tokens, as `dijiang eval` cuts them.
   void validate() {
-    if (valid_.empty()) return;
-    const int64_t window = e_.seq_len + 1, n = static_cast<int64_t>(valid_.size());
-    const int64_t full = n / window, remainder = n % window;
-    double sum = 0.0;
-    int64_t count = 0;
-    for (int64_t w = 0; w < full; w += e_.micro_batch) {
-      const auto loss = model_->forward_loss_sum(valid_.data() + w * window, std::min(e_.micro_batch, full - w), window);
-      sum += loss.sum;
-      count += loss.count;
-    }
-    if (remainder >= 2) {
-      const auto loss = model_->forward_loss_sum(valid_.data() + full * window, 1, remainder);
-      sum += loss.sum;
-      count += loss.count;
-    }
-    if (count == 0) return;
-    const double loss = sum / static_cast<double>(count);
+    if (valid_.size() < 2) return;
+    const EvalResult r = evaluate_windows(*model_, valid_, e_.seq_len + 1, e_.micro_batch);
+    const double loss = r.loss_sum / static_cast<double>(r.predicted);
     spdlog::info("step {}: validation loss {:.4f}, perplexity {:.2f}", step_, loss, std::exp(loss));
     std::ofstream(metrics_path(), std::ios::app)
         << nlohmann::json{{"step", step_}, {"valid_loss", loss}, {"valid_ppl", std::exp(loss)}}.dump() << "\n";
