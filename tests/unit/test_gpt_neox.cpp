@@ -136,6 +136,26 @@ TEST(GPTNeoX, GradientsAccumulateAcrossBackwardCalls) {
   for (size_t i = 0; i < once.size(); ++i) ASSERT_NEAR(model.gradients()[i], 2 * once[i], 1e-12);
 }
 
+// A forward that prepares the backward (the loss gradient written in the cross-entropy pass)
+// gives the same loss and bit-identical gradients as the plain forward then backward.
+TEST(GPTNeoX, ForwardForBackwardMatchesPlainForward) {
+  const ModelConfig c = test::tiny_config(true, "gelu");
+  GPTNeoX<float> model(c);
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.0f, 0.3f);
+  for (auto& p : model.parameters()) p = normal(rng);
+  const std::vector<int32_t> ids = {1, 5, 7, 2, 9, 11, 3, 3, 8, 0, 22, 4};
+  model.zero_gradients();
+  const double plain = model.forward(ids.data(), 2, 6);
+  model.backward();
+  const std::vector<float> expected = model.gradients();
+  model.zero_gradients();
+  EXPECT_EQ(model.forward(ids.data(), 2, 6, true), plain);
+  model.backward();
+  EXPECT_EQ(model.gradients(), expected);
+  EXPECT_THROW(model.backward(), Error);  // the gradient of one forward is used once
+}
+
 TEST(GPTNeoX, LoadRejectsMissingExtraAndMisshapedTensors) {
   const ModelSource source = read_model_source(fixture("neox_parallel/f32"));
   GPTNeoX<float> model(source.config);

@@ -91,12 +91,12 @@ void bench_model(const BenchModelOptions& o) {
   spdlog::info("model {} ({:.1f}M parameters), batch {} x seq {}: warm-up step ...", o.config,
                static_cast<double>(config.parameter_count()) / 1e6, o.batch, o.seq_len);
   model.zero_gradients();
-  model.forward(ids.data(), o.batch, o.seq_len);
+  model.forward(ids.data(), o.batch, o.seq_len, true);  // a training step's forward
   model.backward();
   std::vector<double> forward_s, backward_s;
   for (int s = 0; s < o.steps; ++s) {
     auto start = Clock::now();
-    model.forward(ids.data(), o.batch, o.seq_len);
+    model.forward(ids.data(), o.batch, o.seq_len, true);  // a training step's forward
     forward_s.push_back(seconds_since(start));
     start = Clock::now();
     model.backward();

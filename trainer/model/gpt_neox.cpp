@@ -127,7 +127,6 @@ void GPTNeoX<T>::zero_gradients() {
 template <typename T>
 void GPTNeoX<T>::resize_activations(int64_t batch, int64_t seq) {
   Activations& a = acts_;
-  a.logits_hold_gradient = false;
   if (a.batch == batch && a.seq == seq) return;
   const auto N = static_cast<size_t>(batch * seq);
   const auto D = static_cast<size_t>(config_.hidden_size);
@@ -164,13 +163,14 @@ void GPTNeoX<T>::resize_activations(int64_t batch, int64_t seq) {
 }
 
 template <typename T>
-double GPTNeoX<T>::forward(const int32_t* ids, int64_t batch, int64_t seq) {
-  const LossSum loss = forward_loss_sum(ids, batch, seq);
+double GPTNeoX<T>::forward(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward) {
+  const LossSum loss = forward_loss_sum(ids, batch, seq, for_backward);
   return loss.count > 0 ? loss.sum / static_cast<double>(loss.count) : 0.0;
 }
 
 template <typename T>
-typename GPTNeoX<T>::LossSum GPTNeoX<T>::forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq) {
+typename GPTNeoX<T>::LossSum GPTNeoX<T>::forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq,
+                                                           bool for_backward) {
   if (batch <= 0 || seq <= 0) fail("forward needs a positive batch and sequence length, got {}x{}", batch, seq);
   resize_activations(batch, seq);
   Activations& a = acts_;
@@ -190,9 +190,13 @@ typename GPTNeoX<T>::LossSum GPTNeoX<T>::forward_loss_sum(const int32_t* ids, in
                          parameter("gpt_neox.final_layer_norm.weight"),
                          parameter("gpt_neox.final_layer_norm.bias"), N, D, config_.layer_norm_eps);
   cpu::linear_forward<T>(a.logits.data(), a.final_ln.data(), output_embedding(), nullptr, N, D, V);
-  // The logits stay intact for the caller; the backward recomputes the softmax from them.
+  // Without for_backward the logits stay intact for the caller and a later backward computes
+  // their gradient; with it the gradient of the mean loss replaces them now.
+  const T grad_scale = a.predictions > 0 ? static_cast<T>(1.0 / static_cast<double>(a.predictions)) : T(0);
   LossSum loss;
-  const auto result = cpu::softmax_cross_entropy<T>(a.logits.data(), a.targets.data(), N, V, false, T(0));
+  const auto result =
+      cpu::softmax_cross_entropy<T>(a.logits.data(), a.targets.data(), N, V, for_backward, grad_scale);
+  a.logits_state = for_backward ? Activations::LogitsState::Gradient : Activations::LogitsState::Logits;
   loss.sum = result.loss_sum;
   loss.count = result.count;
   return loss;
@@ -309,13 +313,15 @@ void GPTNeoX<T>::mlp_forward(int64_t l, const T* ln_out, T* mlp_out) {
 template <typename T>
 void GPTNeoX<T>::backward() {
   Activations& a = acts_;
-  if (a.batch == 0 || a.logits_hold_gradient) fail("backward needs a fresh forward pass first");
+  if (a.logits_state == Activations::LogitsState::Consumed) fail("backward needs a fresh forward pass first");
   const int64_t N = a.batch * a.seq, D = config_.hidden_size, V = config_.vocab_size;
   if (grads_.size() != params_.size()) zero_gradients();
+  if (a.logits_state == Activations::LogitsState::Logits) {
+    const T grad_scale = a.predictions > 0 ? static_cast<T>(1.0 / static_cast<double>(a.predictions)) : T(0);
+    cpu::softmax_cross_entropy<T>(a.logits.data(), a.targets.data(), N, V, true, grad_scale);
+  }
+  a.logits_state = Activations::LogitsState::Consumed;
   if (a.predictions == 0) return;  // sequences of one token predict nothing
-  const T grad_scale = static_cast<T>(1.0 / static_cast<double>(a.predictions));
-  cpu::softmax_cross_entropy<T>(a.logits.data(), a.targets.data(), N, V, true, grad_scale);
-  a.logits_hold_gradient = true;
 
   T* dfinal_ln = a.nd_a.data();
   cpu::linear_backward<T>(dfinal_ln, output_embedding_gradient(), nullptr, a.logits.data(), a.final_ln.data(),

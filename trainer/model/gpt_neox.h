@@ -35,14 +35,16 @@ class GPTNeoX {
 
   // ids [batch, seq]. Returns the mean next-token cross-entropy over batch * (seq - 1)
   // predictions (Hugging Face's loss with labels = ids); logits() holds [batch, seq, vocab].
-  double forward(const int32_t* ids, int64_t batch, int64_t seq);
+  // With for_backward, the fused cross-entropy writes the loss gradient over the logits in the
+  // same pass (logits() then holds that gradient), so a training step computes the softmax once.
+  double forward(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward = false);
   // As forward, plus the sum of losses and number of predictions, for exact averaging across
   // windows of different lengths.
   struct LossSum {
     double sum = 0.0;
     int64_t count = 0;
   };
-  LossSum forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq);
+  LossSum forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward = false);
   // Accumulates (+=) the gradient of the last forward's mean loss into gradients().
   // The logits buffer is consumed (overwritten by its gradient).
   void backward();
@@ -71,7 +73,9 @@ class GPTNeoX {
     std::vector<T> final_input, final_ln, final_mean, final_rstd;
     std::vector<T> logits;
     int64_t predictions = 0;
-    bool logits_hold_gradient = false;
+    // What the logits buffer holds: the logits, their loss gradient (a forward for backward),
+    // or nothing usable (the backward consumed it).
+    enum class LogitsState { Logits, Gradient, Consumed } logits_state = LogitsState::Consumed;
     // Scratch reused by every layer: fused qkv (and its gradient), per-head gradients, [N, D]
     // and [N, F] temporaries, and the two residual-gradient buffers of the backward.
     std::vector<T> qkv, dq, dk, dv, dattn, dfeature, nd_a, nd_b, nd_c, nd_d, nf, dres_a, dres_b;

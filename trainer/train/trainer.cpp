@@ -132,7 +132,7 @@ class Run {
         batches_->next(batch.data(), e_.micro_batch, cursor_);
         // Streamed data is checked as it arrives; in-memory data was checked once at start.
         if (batches_->streamed()) check_vocabulary(batch, e_.train_tokens);
-        loss += model_->forward(batch.data(), e_.micro_batch, batches_->sample_tokens());
+        loss += model_->forward(batch.data(), e_.micro_batch, batches_->sample_tokens(), true);
         model_->backward();
       }
       loss /= static_cast<double>(e_.grad_accum);
