@@ -169,7 +169,9 @@ TEST(DiJiangModel, InterchangeRoundTripAndRefusals) {
   // D1 is float32: the farthest entry (i = 63) carries 6e-8 relative rounding, 1e-9 in log γ.
   for (size_t h = 0; h < before.size(); ++h) EXPECT_NEAR(after[h], before[h], 2e-9);
 
+  // Tensor copies share storage: give each damaged map its own copy of the damaged table.
   TensorMap bent = exported;
+  bent.at("gpt_neox.layers.0.attention.D1") = exported.at("gpt_neox.layers.0.attention.D1").to(DType::F32);
   Tensor& table = bent.at("gpt_neox.layers.0.attention.D1");
   table.data<float>()[10] *= 1.5f;
   try {
@@ -177,6 +179,16 @@ TEST(DiJiangModel, InterchangeRoundTripAndRefusals) {
     ADD_FAILURE() << "a bent D1 table was accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("is not geometric"), std::string::npos) << e.what();
+  }
+
+  TensorMap bad_inverse = exported;
+  bad_inverse.at("gpt_neox.layers.1.attention.D2") = exported.at("gpt_neox.layers.1.attention.D2").to(DType::F32);
+  bad_inverse.at("gpt_neox.layers.1.attention.D2").data<float>()[5] *= 1.1f;
+  try {
+    import_interchange(bad_inverse, imported_config, "dir");
+    ADD_FAILURE() << "a D2 table that is not the inverse of D1 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is not the inverse of D1"), std::string::npos) << e.what();
   }
 
   ModelConfig weighted = c;

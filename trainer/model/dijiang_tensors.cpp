@@ -135,6 +135,7 @@ void import_interchange(TensorMap& tensors, ModelConfig& config, const std::stri
       fail("{}: tensor '{}D2' has shape {}, D1 has {}", source, p, shape_string(d2->second.shape()), shape_string(shape));
     const int64_t L = shape[2];
     const std::vector<double> table = d1->second.to_f64_vector();
+    const std::vector<double> d2_table = d2->second.to_f64_vector();
     std::vector<double> log_gamma(static_cast<size_t>(H));
     for (int64_t h = 0; h < H; ++h) {
       const double* row = table.data() + h * L;
@@ -152,6 +153,13 @@ void import_interchange(TensorMap& tensors, ModelConfig& config, const std::stri
           fail("{}: '{}D1' head {} is not geometric: D1[{}] = {} but γ^{} = {} for γ = {}", source, p, h, i, row[i],
                i, expected, gamma);
       }
+      // The reference code multiplies D1[i] by D2[j]: D2 must be the inverse table, or that code
+      // computes another function than the one read back here.
+      const double* inverse = d2_table.data() + h * L;
+      for (int64_t i = 0; i <= far; ++i)
+        if (std::abs(row[i] * inverse[i] - 1.0) > 1e-3)
+          fail("{}: '{}D2' head {} is not the inverse of D1: D1[{}] * D2[{}] = {}", source, p, h, i, i,
+               row[i] * inverse[i]);
       log_gamma[static_cast<size_t>(h)] = std::log(gamma);
     }
     tensors.erase(d1);

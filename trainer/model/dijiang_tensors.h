@@ -37,7 +37,7 @@ void add_dijiang_tensors(TensorMap& tensors, const ModelConfig& config, DType dt
 bool has_interchange_tables(const TensorMap& tensors);
 
 // Turns an interchange checkpoint into native tensors: γ_h is read back from D1 (a table that is
-// not geometric is refused), D2 must have the matching shape and is dropped. Sets the config to
+// not geometric is refused), D2 must be its inverse table (then both are dropped). Sets the config to
 // DiJiang (keeping options already present in it). `source` names the checkpoint in errors.
 void import_interchange(TensorMap& tensors, ModelConfig& config, const std::string& source);
 
