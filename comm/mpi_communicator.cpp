@@ -1,0 +1,173 @@
+#include "comm/mpi_communicator.h"
+#if DIJIANG_HAVE_MPI
+
+#include <algorithm>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "kernels/core/error.h"
+
+namespace dj::comm {
+
+namespace {
+
+void check(int code, const char* call) {
+  if (code == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING] = {};
+  int length = 0;
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS)
+    fail("{} failed with MPI error {}", call, code);
+  fail("{} failed: {}", call, std::string(text, static_cast<size_t>(length)));
+}
+
+// One operation, possibly several MPI requests. The count and displacement arrays of the "v"
+// collectives live here because MPI may read them until the operation completes. A request dropped
+// unfinished stays with MPI (nonblocking collectives cannot be cancelled or freed); that only
+// happens on error paths that end the job.
+class MpiRequest final : public Request {
+ public:
+  bool test() override {
+    int done = 0;
+    check(
+        MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE),
+        "MPI_Testall");
+    return done != 0;
+  }
+
+  std::vector<MPI_Request> requests;
+  std::vector<int> counts, displacements;
+};
+
+int64_t checked_count(const char* operation, const char* what, int64_t value) {
+  if (value < 0) fail("{}: negative {} {}", operation, what, value);
+  if (value > INT_MAX)
+    fail("{}: {} {} exceeds what one MPI call takes ({} values)", operation, what, value, INT_MAX);
+  return value;
+}
+
+// Per-rank counts and their offsets as MPI's ints. Returns the total.
+int64_t fill_counts(const char* operation, std::span<const int64_t> counts, int size,
+                    MpiRequest& request, bool with_displacements) {
+  if (counts.size() != static_cast<size_t>(size))
+    fail("{}: {} counts given for {} ranks", operation, counts.size(), size);
+  int64_t total = 0;
+  for (const int64_t count : counts) {
+    request.counts.push_back(static_cast<int>(checked_count(operation, "count", count)));
+    if (with_displacements)
+      request.displacements.push_back(static_cast<int>(checked_count(operation, "offset", total)));
+    total += count;
+  }
+  return total;
+}
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(int64_t max_chunk) : max_chunk_(max_chunk) {
+  if (max_chunk_ < 1 || max_chunk_ > INT_MAX) fail("all_reduce chunks of {} values: not a valid MPI count", max_chunk_);
+  int initialised = 0;
+  MPI_Initialized(&initialised);
+  if (!initialised) {
+    // FUNNELED: OpenMP threads compute, only the main thread calls MPI.
+    int provided = 0;
+    check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+    finalize_ = true;
+  }
+  check(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
+  check(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");  // inherits the error handler
+  check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
+  check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+  char name[MPI_MAX_PROCESSOR_NAME] = {};
+  int length = 0;
+  check(MPI_Get_processor_name(name, &length), "MPI_Get_processor_name");
+  host_.assign(name, static_cast<size_t>(length));
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;
+  MPI_Comm_free(&comm_);
+  if (finalize_) MPI_Finalize();
+}
+
+std::unique_ptr<Request> MpiCommunicator::all_reduce_async(float* data, int64_t count) {
+  if (count < 0) fail("all_reduce: negative count {}", count);
+  auto request = std::make_unique<MpiRequest>();
+  request->requests.reserve(static_cast<size_t>((count + max_chunk_ - 1) / max_chunk_));
+  for (int64_t offset = 0; offset < count; offset += max_chunk_) {
+    const auto chunk = static_cast<int>(std::min(max_chunk_, count - offset));
+    check(MPI_Iallreduce(MPI_IN_PLACE, data + offset, chunk, MPI_FLOAT, MPI_SUM, comm_,
+                         &request->requests.emplace_back(MPI_REQUEST_NULL)),
+          "MPI_Iallreduce");
+  }
+  traffic_.all_reduce += count * static_cast<int64_t>(sizeof(float));
+  return request;
+}
+
+std::unique_ptr<Request> MpiCommunicator::reduce_scatter_async(const float* send, float* recv,
+                                                               std::span<const int64_t> counts) {
+  auto request = std::make_unique<MpiRequest>();
+  const int64_t total = fill_counts("reduce_scatter", counts, size_, *request, false);
+  // In place, MPI takes the input from `recv` and leaves this rank's block at its start: the
+  // result asked for, without the overlap MPI forbids.
+  const void* source = send == recv ? MPI_IN_PLACE : send;
+  check(MPI_Ireduce_scatter(source, recv, request->counts.data(), MPI_FLOAT, MPI_SUM, comm_,
+                            &request->requests.emplace_back(MPI_REQUEST_NULL)),
+        "MPI_Ireduce_scatter");
+  traffic_.reduce_scatter += total * static_cast<int64_t>(sizeof(float));
+  return request;
+}
+
+std::unique_ptr<Request> MpiCommunicator::all_gather_async(const float* send, float* recv,
+                                                           std::span<const int64_t> counts) {
+  auto request = std::make_unique<MpiRequest>();
+  fill_counts("all_gather", counts, size_, *request, true);
+  const int own = request->counts[static_cast<size_t>(rank_)];
+  // MPI forbids overlapping send and receive buffers; this rank's block inside `recv` is in place.
+  const void* source =
+      send == recv + request->displacements[static_cast<size_t>(rank_)] ? MPI_IN_PLACE : send;
+  check(MPI_Iallgatherv(source, own, MPI_FLOAT, recv, request->counts.data(),
+                        request->displacements.data(), MPI_FLOAT, comm_,
+                        &request->requests.emplace_back(MPI_REQUEST_NULL)),
+        "MPI_Iallgatherv");
+  traffic_.all_gather += own * static_cast<int64_t>(sizeof(float));
+  return request;
+}
+
+void MpiCommunicator::all_reduce_host(double* data, int64_t count) {
+  MpiRequest request;
+  check(MPI_Iallreduce(
+            MPI_IN_PLACE, data, static_cast<int>(checked_count("all_reduce_host", "count", count)),
+            MPI_DOUBLE, MPI_SUM, comm_, &request.requests.emplace_back(MPI_REQUEST_NULL)),
+        "MPI_Iallreduce");
+  wait(request, "all_reduce_host");
+  traffic_.all_reduce += count * static_cast<int64_t>(sizeof(double));
+}
+
+void MpiCommunicator::broadcast_host(void* data, int64_t bytes, int root) {
+  if (root < 0 || root >= size_) fail("broadcast_host: root {} is not a rank of {}", root, size_);
+  MpiRequest request;
+  check(MPI_Ibcast(data, static_cast<int>(checked_count("broadcast_host", "byte count", bytes)),
+                   MPI_BYTE, root, comm_, &request.requests.emplace_back(MPI_REQUEST_NULL)),
+        "MPI_Ibcast");
+  wait(request, "broadcast_host");
+  traffic_.broadcast += bytes;
+}
+
+void MpiCommunicator::barrier() {
+  MpiRequest request;
+  check(MPI_Ibarrier(comm_, &request.requests.emplace_back(MPI_REQUEST_NULL)), "MPI_Ibarrier");
+  wait(request, "barrier");
+}
+
+void MpiCommunicator::abort(int code) {
+  std::fflush(nullptr);
+  MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);  // MPI_Abort does not return in practice; the signature promises it
+}
+
+}  // namespace dj::comm
+#endif
