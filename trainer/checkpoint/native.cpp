@@ -2,22 +2,19 @@
 //
 // HDF5's automatic error printing is silenced for the duration of every public call; each failed
 // HDF5 call becomes a dj::Error naming the file, with HDF5's own innermost reason appended. Every
-// identifier is owned by a Handle, so error paths leak nothing. Writes go through atomic_write.h,
-// so a failed write leaves no partial checkpoint behind.
+// identifier is owned by a Handle, so error paths leak nothing (see hdf5_support.h). Writes go
+// through atomic_write.h, so a failed write leaves no partial checkpoint behind.
 #include "trainer/checkpoint/native.h"
 
 #include <fmt/format.h>
 #include <hdf5.h>
 
 #include <algorithm>
-#include <array>
 #include <bit>
-#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <limits>
 #include <map>
-#include <memory>
 #include <new>
 #include <optional>
 #include <set>
@@ -29,12 +26,16 @@
 #include <vector>
 
 #include "trainer/checkpoint/atomic_write.h"
+#include "trainer/checkpoint/hdf5_support.h"
 
 namespace dj {
 namespace {
 
 namespace fs = std::filesystem;
 using Entry = TensorMap::value_type;
+using hdf5::FileErrors;
+using hdf5::Handle;
+using hdf5::QuietHdf5;
 
 // Tensors are read and written with the little-endian file types as memory types, so host bytes
 // go to disk unchanged.
@@ -44,91 +45,6 @@ static_assert(std::endian::native == std::endian::little,
 constexpr std::string_view kFormatName = "dijiang";
 constexpr std::string_view kCompleteMarker = "COMPLETE";
 constexpr int kMaxShards = 99999;  // shard file names have five digits
-constexpr std::array<char, 8> kHdf5Signature = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
-
-// HDF5 prints its error stack to stderr by default; we report errors ourselves. The library in use
-// is thread-safe, which makes the setting per thread, so it is switched off around each public call
-// and restored afterwards instead of once globally.
-class QuietHdf5 {
- public:
-  QuietHdf5() {
-    H5Eget_auto2(H5E_DEFAULT, &function_, &data_);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietHdf5() { H5Eset_auto2(H5E_DEFAULT, function_, data_); }
-  QuietHdf5(const QuietHdf5&) = delete;
-  QuietHdf5& operator=(const QuietHdf5&) = delete;
-
- private:
-  H5E_auto2_t function_ = nullptr;
-  void* data_ = nullptr;
-};
-
-// The most specific description on HDF5's error stack ("truncated file: eof = ..."), or "".
-std::string take_hdf5_reason() {
-  const char* reason = nullptr;
-  H5Ewalk2(
-      H5E_DEFAULT, H5E_WALK_UPWARD,
-      [](unsigned, const H5E_error2_t* error, void* out) -> herr_t {
-        auto& first = *static_cast<const char**>(out);
-        if (first == nullptr && error->desc != nullptr && *error->desc != '\0') first = error->desc;
-        return 0;
-      },
-      &reason);
-  std::string text = reason != nullptr ? reason : "";
-  H5Eclear2(H5E_DEFAULT);
-  return text;
-}
-
-// Owns one HDF5 identifier and closes it with the matching H5?close.
-class Handle {
- public:
-  using Closer = herr_t (*)(hid_t);
-  Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-  Handle(Handle&& other) noexcept
-      : id_(std::exchange(other.id_, H5I_INVALID_HID)), closer_(other.closer_) {}
-  Handle(const Handle&) = delete;
-  Handle& operator=(const Handle&) = delete;
-  Handle& operator=(Handle&&) = delete;
-  ~Handle() {
-    if (id_ >= 0) closer_(id_);
-  }
-
-  hid_t get() const { return id_; }
-  // Closes now and returns the status: closing a file flushes it, and that can fail.
-  herr_t close() { return closer_(std::exchange(id_, H5I_INVALID_HID)); }
-
- private:
-  hid_t id_;
-  Closer closer_;
-};
-
-// Error reporting for one file: every message starts with its path.
-class FileErrors {
- public:
-  explicit FileErrors(const fs::path& file) : file_(file.string()) {}
-
-  template <typename... Args>
-  [[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) const {
-    dj::fail("{}: {}", file_, fmt::format(format, std::forward<Args>(args)...));
-  }
-  // A failed HDF5 call: what we were doing, then HDF5's reason.
-  [[noreturn]] void fail_hdf5(std::string_view what) const {
-    const std::string reason = take_hdf5_reason();
-    if (reason.empty()) dj::fail("{}: {}", file_, what);
-    dj::fail("{}: {} ({})", file_, what, reason);
-  }
-  void check(herr_t status, std::string_view what) const {
-    if (status < 0) fail_hdf5(what);
-  }
-  Handle own(hid_t id, Handle::Closer closer, std::string_view what) const {
-    if (id < 0) fail_hdf5(what);
-    return Handle(id, closer);
-  }
-
- private:
-  std::string file_;
-};
 
 // ---------------------------------------------------------------------------------------------
 // Names, types and shapes
@@ -213,88 +129,6 @@ Handle make_dataspace(const Shape& shape, const FileErrors& errors) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Attributes
-
-void write_attribute(hid_t object, const char* name, hid_t type, const void* value,
-                     const FileErrors& errors) {
-  Handle space = errors.own(H5Screate(H5S_SCALAR), H5Sclose, "cannot create a dataspace");
-  Handle attribute =
-      errors.own(H5Acreate2(object, name, type, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose,
-                 fmt::format("cannot create attribute '{}'", name));
-  errors.check(H5Awrite(attribute.get(), type, value),
-               fmt::format("cannot write attribute '{}'", name));
-}
-
-// Variable-length UTF-8, which h5py returns as str. The text lives in the global heap, so a large
-// config is not subject to the 64 KiB limit on an attribute's own size.
-void write_string_attribute(hid_t object, const char* name, const std::string& value,
-                            const FileErrors& errors) {
-  Handle type = errors.own(H5Tcopy(H5T_C_S1), H5Tclose, "cannot copy a datatype");
-  errors.check(H5Tset_size(type.get(), H5T_VARIABLE), "cannot build a string type");
-  errors.check(H5Tset_cset(type.get(), H5T_CSET_UTF8), "cannot build a string type");
-  const char* text = value.c_str();
-  write_attribute(object, name, type.get(), &text, errors);
-}
-
-// The scalar attribute `name` of `object`; `label` describes it in errors ("attribute 'format'").
-Handle open_scalar_attribute(hid_t object, const char* name, const std::string& label,
-                             const FileErrors& errors) {
-  const htri_t exists = H5Aexists(object, name);
-  errors.check(exists, fmt::format("cannot look up {}", label));
-  if (exists == 0) errors.fail("missing {}", label);
-  Handle attribute = errors.own(H5Aopen(object, name, H5P_DEFAULT), H5Aclose,
-                                fmt::format("cannot open {}", label));
-  Handle space =
-      errors.own(H5Aget_space(attribute.get()), H5Sclose, fmt::format("cannot read {}", label));
-  if (H5Sget_simple_extent_type(space.get()) != H5S_SCALAR)
-    errors.fail("{} is not a scalar", label);
-  return attribute;
-}
-
-// Accepts variable- and fixed-length strings (h5py writes the latter for numpy bytes).
-std::string read_string_attribute(hid_t object, const char* name, const std::string& label,
-                                  const FileErrors& errors) {
-  Handle attribute = open_scalar_attribute(object, name, label, errors);
-  Handle type =
-      errors.own(H5Aget_type(attribute.get()), H5Tclose, fmt::format("cannot read {}", label));
-  if (H5Tget_class(type.get()) != H5T_STRING) errors.fail("{} is not a string", label);
-  const htri_t variable = H5Tis_variable_str(type.get());
-  errors.check(variable, fmt::format("cannot read {}", label));
-  // One byte more than stored for a fixed-length string: converting to a null-terminated type
-  // of that size terminates the text whatever padding the file used.
-  const size_t fixed_size = variable > 0 ? 0 : H5Tget_size(type.get()) + 1;
-  Handle memory = errors.own(H5Tcopy(H5T_C_S1), H5Tclose, "cannot copy a datatype");
-  errors.check(H5Tset_size(memory.get(), variable > 0 ? H5T_VARIABLE : fixed_size),
-               "cannot build a string type");
-  // HDF5 converts between strings only of the same character set.
-  errors.check(H5Tset_cset(memory.get(), H5Tget_cset(type.get())), "cannot build a string type");
-  if (variable > 0) {
-    char* text = nullptr;
-    errors.check(H5Aread(attribute.get(), memory.get(), &text),
-                 fmt::format("cannot read {}", label));
-    const std::unique_ptr<char, herr_t (*)(void*)> owned(text, H5free_memory);
-    return text != nullptr ? std::string(text) : std::string();
-  }
-  std::string text(fixed_size, '\0');
-  errors.check(H5Aread(attribute.get(), memory.get(), text.data()),
-               fmt::format("cannot read {}", label));
-  text.resize(std::strlen(text.c_str()));
-  return text;
-}
-
-int64_t read_integer_attribute(hid_t object, const char* name, const std::string& label,
-                               const FileErrors& errors) {
-  Handle attribute = open_scalar_attribute(object, name, label, errors);
-  Handle type =
-      errors.own(H5Aget_type(attribute.get()), H5Tclose, fmt::format("cannot read {}", label));
-  if (H5Tget_class(type.get()) != H5T_INTEGER) errors.fail("{} is not an integer", label);
-  int64_t value = 0;
-  errors.check(H5Aread(attribute.get(), H5T_NATIVE_INT64, &value),
-               fmt::format("cannot read {}", label));
-  return value;
-}
-
-// ---------------------------------------------------------------------------------------------
 // One file
 
 // The JSON attributes as stored, made before anything touches the disk so that a checkpoint
@@ -304,16 +138,6 @@ struct StoredText {
   std::string metadata;
 };
 
-std::string dump_json_object(const nlohmann::json& value, std::string_view label,
-                             const FileErrors& errors) {
-  if (!value.is_object()) errors.fail("{} must be a JSON object", label);
-  try {
-    return value.dump();
-  } catch (const nlohmann::json::exception& error) {  // invalid UTF-8 in a string
-    errors.fail("{} cannot be stored: {}", label, error.what());
-  }
-}
-
 StoredText validate_for_writing(const NativeCheckpoint& checkpoint, const FileErrors& errors) {
   for (const auto& [name, tensor] : checkpoint.tensors) {
     if (!is_valid_tensor_name(name)) errors.fail("'{}' is not a valid tensor name", name);
@@ -321,16 +145,8 @@ StoredText validate_for_writing(const NativeCheckpoint& checkpoint, const FileEr
     if (tensor.dtype() == DType::BOOL && !holds_only_booleans(tensor))
       errors.fail("BOOL tensor '{}' holds values other than 0 and 1", name);
   }
-  return {dump_json_object(checkpoint.config, "config", errors),
-          dump_json_object(checkpoint.metadata, "metadata", errors)};
-}
-
-// Closing the file closes whatever is still open in it, so the file is really closed (and the
-// temporary can be renamed or removed) even after an error.
-Handle file_access_list(const FileErrors& errors) {
-  Handle access = errors.own(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, "cannot create a property list");
-  errors.check(H5Pset_fclose_degree(access.get(), H5F_CLOSE_STRONG), "cannot set the close degree");
-  return access;
+  return {hdf5::dump_json_object(checkpoint.config, "config", errors),
+          hdf5::dump_json_object(checkpoint.metadata, "metadata", errors)};
 }
 
 void write_dataset(hid_t file, const Entry& entry, hid_t creation, const FileErrors& errors) {
@@ -343,40 +159,22 @@ void write_dataset(hid_t file, const Entry& entry, hid_t creation, const FileErr
   errors.check(H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, tensor.bytes()),
                fmt::format("cannot write dataset '{}'", name));
   if (has_dtype_tag(tensor.dtype()))
-    write_string_attribute(dataset.get(), "dtype", std::string(dtype_name(tensor.dtype())), errors);
+    hdf5::write_string_attribute(dataset.get(), "dtype", std::string(dtype_name(tensor.dtype())),
+                                 errors);
 }
 
 // Creates `path` (which must not exist) holding `tensors` in the layout of native.h.
 void write_file(const fs::path& path, const StoredText& text, std::span<const Entry* const> tensors,
                 const FileErrors& errors) {
-  Handle access = file_access_list(errors);
-  Handle file = errors.own(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, access.get()),
-                           H5Fclose, "cannot create the file");
-  write_string_attribute(file.get(), "format", std::string(kFormatName), errors);
-  write_attribute(file.get(), "format_version", H5T_STD_I64LE, &kNativeFormatVersion, errors);
-  write_string_attribute(file.get(), "config", text.config, errors);
-  write_string_attribute(file.get(), "metadata", text.metadata, errors);
+  Handle file = hdf5::create_file(path, errors);
+  hdf5::write_string_attribute(file.get(), "format", std::string(kFormatName), errors);
+  hdf5::write_integer_attribute(file.get(), "format_version", kNativeFormatVersion, errors);
+  hdf5::write_string_attribute(file.get(), "config", text.config, errors);
+  hdf5::write_string_attribute(file.get(), "metadata", text.metadata, errors);
   // Without modification times the same checkpoint always produces the same bytes.
-  Handle creation =
-      errors.own(H5Pcreate(H5P_DATASET_CREATE), H5Pclose, "cannot create a property list");
-  errors.check(H5Pset_obj_track_times(creation.get(), false), "cannot disable time tracking");
+  Handle creation = hdf5::untimed_dataset_creation(errors);
   for (const Entry* entry : tensors) write_dataset(file.get(), *entry, creation.get(), errors);
-  errors.check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "cannot flush the file");
-  errors.check(file.close(), "cannot close the file");
-}
-
-bool starts_with_hdf5_signature(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::array<char, kHdf5Signature.size()> head{};
-  return in.read(head.data(), head.size()) && head == kHdf5Signature;
-}
-
-nlohmann::json parse_json_object(const std::string& text, std::string_view label,
-                                 const FileErrors& errors) {
-  nlohmann::json value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  if (value.is_discarded()) errors.fail("{} is not valid JSON", label);
-  if (!value.is_object()) errors.fail("{} is not a JSON object", label);
-  return value;
+  hdf5::flush_and_close(file, errors);
 }
 
 // The names of the links at the root, in name order.
@@ -406,7 +204,7 @@ DType dataset_dtype(hid_t dataset, const std::string& name, const FileErrors& er
   const htri_t tagged = H5Aexists(dataset, "dtype");
   errors.check(tagged, fmt::format("cannot look up the attributes of dataset '{}'", name));
   if (tagged == 0) return *stored;
-  const std::string tag = read_string_attribute(
+  const std::string tag = hdf5::read_string_attribute(
       dataset, "dtype", fmt::format("attribute 'dtype' of dataset '{}'", name), errors);
   if (tag == "BF16" && *stored == DType::U16) return DType::BF16;
   if (tag == "BOOL" && *stored == DType::U8) return DType::BOOL;
@@ -443,13 +241,7 @@ Shape dataset_shape(hid_t dataset, const std::string& name, DType dtype, const F
 // can declare any shape, and storage never written would read back as fill values.
 void check_dataset_storage(hid_t file, hid_t dataset, const std::string& name, uint64_t nbytes,
                            const FileErrors& errors) {
-  Handle creation = errors.own(H5Dget_create_plist(dataset), H5Pclose,
-                               fmt::format("cannot inspect dataset '{}'", name));
-  const H5D_layout_t layout = H5Pget_layout(creation.get());
-  if (layout < 0) errors.fail_hdf5(fmt::format("cannot inspect dataset '{}'", name));
-  // Virtual datasets and external storage read other files.
-  if (layout == H5D_VIRTUAL || H5Pget_external_count(creation.get()) != 0)
-    errors.fail("dataset '{}' keeps its data outside the file", name);
+  const H5D_layout_t layout = hdf5::layout_within_file(dataset, name, errors);
   if (nbytes == 0) return;
   const hsize_t stored = H5Dget_storage_size(dataset);
   if (stored == 0) errors.fail("dataset '{}' has no data", name);
@@ -457,13 +249,8 @@ void check_dataset_storage(hid_t file, hid_t dataset, const std::string& name, u
   if (stored != nbytes)
     errors.fail("dataset '{}' stores {} bytes where its shape and type need {}", name, stored,
                 nbytes);
-  if (layout == H5D_CONTIGUOUS) {
-    const haddr_t offset = H5Dget_offset(dataset);
-    hsize_t file_size = 0;
-    errors.check(H5Fget_filesize(file, &file_size), "cannot read the file size");
-    if (offset == HADDR_UNDEF || offset > file_size || file_size - offset < nbytes)
-      errors.fail("dataset '{}' extends past the end of the file", name);
-  }
+  if (layout == H5D_CONTIGUOUS && !hdf5::contiguous_data_in_file(file, dataset, nbytes, errors))
+    errors.fail("dataset '{}' extends past the end of the file", name);
 }
 
 Tensor read_dataset(hid_t file, hid_t dataset, const std::string& name, const FileErrors& errors) {
@@ -488,29 +275,20 @@ Tensor read_dataset(hid_t file, hid_t dataset, const std::string& name, const Fi
 NativeCheckpoint read_file(const fs::path& path) {
   const FileErrors errors(path);
   // HDF5's own message for a foreign file is a generic "unable to open file".
-  if (!starts_with_hdf5_signature(path)) errors.fail("not an HDF5 file");
-  Handle access = file_access_list(errors);
-  Handle file = errors.own(H5Fopen(path.c_str(), H5F_ACC_RDONLY, access.get()), H5Fclose,
-                           "cannot open the HDF5 file");
+  if (!hdf5::starts_with_hdf5_signature(path)) errors.fail("not an HDF5 file");
+  Handle file = hdf5::open_file_read_only(path, errors);
 
-  const std::string format =
-      read_string_attribute(file.get(), "format", "attribute 'format'", errors);
+  const std::string format = hdf5::read_string_attribute(file.get(), "format", errors);
   if (format != kFormatName)
     errors.fail("attribute 'format' is '{}', expected '{}'", format, kFormatName);
-  const int64_t version =
-      read_integer_attribute(file.get(), "format_version", "attribute 'format_version'", errors);
-  if (version > kNativeFormatVersion)
-    errors.fail("format_version {} is newer than this build reads ({})", version,
-                kNativeFormatVersion);
-  if (version < 1) errors.fail("format_version {} is not valid", version);
+  hdf5::check_format_version(hdf5::read_integer_attribute(file.get(), "format_version", errors),
+                             kNativeFormatVersion, errors);
 
   NativeCheckpoint checkpoint;
-  checkpoint.config =
-      parse_json_object(read_string_attribute(file.get(), "config", "attribute 'config'", errors),
-                        "attribute 'config'", errors);
-  checkpoint.metadata = parse_json_object(
-      read_string_attribute(file.get(), "metadata", "attribute 'metadata'", errors),
-      "attribute 'metadata'", errors);
+  checkpoint.config = hdf5::parse_json_object(
+      hdf5::read_string_attribute(file.get(), "config", errors), "attribute 'config'", errors);
+  checkpoint.metadata = hdf5::parse_json_object(
+      hdf5::read_string_attribute(file.get(), "metadata", errors), "attribute 'metadata'", errors);
 
   for (const std::string& name : root_link_names(file.get(), errors)) {
     if (!is_valid_tensor_name(name)) errors.fail("'{}' is not a valid tensor name", name);
@@ -572,18 +350,14 @@ void write_complete_marker(const fs::path& path, int shards, const FileErrors& e
 int read_complete_marker(const fs::path& path, const FileErrors& errors) {
   std::ifstream in(path, std::ios::binary);
   const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  const nlohmann::json marker = parse_json_object(text, kCompleteMarker, errors);
+  const nlohmann::json marker = hdf5::parse_json_object(text, kCompleteMarker, errors);
   const auto integer = [&](const char* key) -> int64_t {
     const auto it = marker.find(key);
     if (it == marker.end() || !it->is_number_integer())
       errors.fail("{} has no integer '{}'", kCompleteMarker, key);
     return it->get<int64_t>();
   };
-  const int64_t version = integer("format_version");
-  if (version > kNativeFormatVersion)
-    errors.fail("format_version {} is newer than this build reads ({})", version,
-                kNativeFormatVersion);
-  if (version < 1) errors.fail("format_version {} is not valid", version);
+  hdf5::check_format_version(integer("format_version"), kNativeFormatVersion, errors);
   const int64_t shards = integer("shards");
   if (shards < 1 || shards > kMaxShards)
     errors.fail("{} names {} shards, not 1..{}", kCompleteMarker, shards, kMaxShards);
@@ -680,7 +454,7 @@ NativeCheckpoint read_native_checkpoint(const fs::path& path) {
 bool is_native_checkpoint(const fs::path& path) {
   std::error_code error;
   const fs::file_status status = fs::status(path, error);
-  if (fs::is_regular_file(status)) return starts_with_hdf5_signature(path);
+  if (fs::is_regular_file(status)) return hdf5::starts_with_hdf5_signature(path);
   if (!fs::is_directory(status)) return false;
   if (fs::is_regular_file(path / kCompleteMarker, error)) return true;
   for (fs::directory_iterator it(path, error), end; !error && it != end; it.increment(error))

@@ -1,6 +1,7 @@
 #include "trainer/model/source.h"
 
 #include "kernels/core/error.h"
+#include "trainer/checkpoint/flat_checkpoint.h"
 #include "trainer/checkpoint/hf_directory.h"
 #include "trainer/checkpoint/native.h"
 #include "trainer/model/dijiang_tensors.h"
@@ -13,8 +14,10 @@ ModelSource read_model_source(const std::filesystem::path& path) {
   if (!fs::exists(path)) fail("{}: no such file or directory", path.string());
   ModelSource source;
   source.path = path;
-  if (is_native_checkpoint(path)) {
-    NativeCheckpoint checkpoint = read_native_checkpoint(path);
+  // Before is_native_checkpoint, which takes any directory with a COMPLETE marker for its own.
+  const bool flat = is_flat_checkpoint(path);
+  if (flat || is_native_checkpoint(path)) {
+    NativeCheckpoint checkpoint = flat ? merge_flat_checkpoint(path) : read_native_checkpoint(path);
     source.kind = ModelSource::Kind::Native;
     source.hf_config = std::move(checkpoint.config);
     source.metadata = std::move(checkpoint.metadata);
@@ -39,7 +42,8 @@ ModelSource read_model_source(const std::filesystem::path& path) {
     if (has_interchange_tables(source.tensors)) import_interchange(source.tensors, source.config, path.string());
   } else if (fs::is_directory(path)) {
     fail("{}: neither a Hugging Face model directory (config.json with model.safetensors, "
-         "pytorch_model.bin or a sharded index) nor a native checkpoint directory",
+         "pytorch_model.bin or a sharded index), a native checkpoint directory nor a flat "
+         "checkpoint directory (rank-RRRRR-of-NNNNN.h5 files)",
          path.string());
   } else {
     fail("{}: not a native checkpoint (no HDF5 signature); pass a Hugging Face model directory or "
