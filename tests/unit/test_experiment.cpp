@@ -93,6 +93,12 @@ TEST(Experiment, BadConfigsGiveClearMessages) {
        "'data.order' is 'random', expected one of: shuffled, pythia"},
       {"dijiang_option", "model: {source: x, dijiang: {samplng: qmc}}\ndata: {train: t.npy}\n", {},
        "unknown key 'model.dijiang.samplng' (did you mean 'model.dijiang.sampling'?)"},
+      {"zero_stage", "model: {source: x}\ndata: {train: t.npy}\ndistributed: {zero_stage: 4}\n", {},
+       "'distributed.zero_stage' must be 0, 1, 2 or 3, got 4"},
+      {"timeout", "model: {source: x}\ndata: {train: t.npy}\n", {"distributed.timeout_s=0"},
+       "'distributed.timeout_s' must be positive"},
+      {"distributed_key", "model: {source: x}\ndata: {train: t.npy}\ndistributed: {zero: 1}\n", {},
+       "unknown key 'distributed.zero' (did you mean 'distributed.zero_stage'?)"},
   };
   for (const BadConfig& bad : table) {
     SCOPED_TRACE(bad.name);

@@ -7,6 +7,7 @@
 #include <exception>
 #include <new>
 
+#include "comm/communicator.h"
 #include "kernels/backend.h"
 #include "kernels/core/error.h"
 #include "trainer/cli/commands.h"
@@ -51,6 +52,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // Usage errors exit with 2 (as most command-line tools do); --help and --version with 0.
     return app.exit(e) == 0 ? 0 : 2;
+  } catch (const dj::comm::JobError& e) {
+    if (e.report()) std::fprintf(stderr, "dijiang: error: %s\n", e.what());
+    return 1;
   } catch (const dj::Error& e) {
     std::fprintf(stderr, "dijiang: error: %s\n", e.what());
     return 1;

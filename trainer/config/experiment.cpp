@@ -60,6 +60,8 @@ const std::vector<Key>& schema() {
       {"checkpoint.keep", Kind::Int, [](Experiment& e) -> void* { return &e.keep; }},
       {"logging.every", Kind::Int, [](Experiment& e) -> void* { return &e.log_every; }},
       {"logging.eval_every", Kind::Int, [](Experiment& e) -> void* { return &e.eval_every; }},
+      {"distributed.zero_stage", Kind::Int, [](Experiment& e) -> void* { return &e.zero_stage; }},
+      {"distributed.timeout_s", Kind::Float, [](Experiment& e) -> void* { return &e.timeout_s; }},
       {"seed", Kind::UInt, [](Experiment& e) -> void* { return &e.seed; }},
   };
   return keys;
@@ -208,6 +210,9 @@ void check_values(const Experiment& e, const std::string& file) {
     fail("{}: learning rates must satisfy 0 <= optimizer.min_lr <= optimizer.lr and lr > 0", file);
   if (!(e.beta1 >= 0 && e.beta1 < 1 && e.beta2 >= 0 && e.beta2 < 1))
     fail("{}: optimizer.beta1 and beta2 must lie in [0, 1)", file);
+  if (e.zero_stage < 0 || e.zero_stage > 3)
+    fail("{}: 'distributed.zero_stage' must be 0, 1, 2 or 3, got {}", file, e.zero_stage);
+  if (!(e.timeout_s > 0)) fail("{}: 'distributed.timeout_s' must be positive", file);
   if (!(e.eps > 0) || !(e.weight_decay >= 0) || !(e.grad_clip >= 0))
     fail("{}: optimizer.eps must be positive, weight_decay and grad_clip non-negative", file);
 }

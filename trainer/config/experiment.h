@@ -23,7 +23,8 @@ struct Experiment {
   std::string train_tokens, valid_tokens;
   int64_t seq_len = 128;
   std::string order = "shuffled";       // shuffled or pythia (see TokenBatches)
-  // batch
+  // batch: one step uses micro_batch * grad_accum sequences (the global batch), whatever the
+  // number of ranks; each rank takes a contiguous slice of it in micro-batches of micro_batch.
   int64_t micro_batch = 4, grad_accum = 1;
   int64_t global_tokens = 0;            // if set, must equal micro_batch · grad_accum · seq_len
   std::string precision = "f32";        // f32 on the CPU; bf16 needs the CUDA backend
@@ -39,8 +40,12 @@ struct Experiment {
   // logging
   int64_t log_every = 1, eval_every = 0;  // eval_every 0: validation at checkpoints only
   uint64_t seed = 1234;
+  // distributed (ranks come from the launcher: mpirun or srun)
+  int64_t zero_stage = 0;               // 0 data parallel, 1 + optimizer state, 2 + gradients, 3 + parameters sharded
+  double timeout_s = 600.0;             // a collective that waits longer ends the job
 
-  int64_t tokens_per_step() const { return micro_batch * grad_accum * seq_len; }
+  int64_t sequences_per_step() const { return micro_batch * grad_accum; }
+  int64_t tokens_per_step() const { return sequences_per_step() * seq_len; }
 };
 
 // Reads and validates a YAML file with overrides ("a.b=c", values parsed as YAML scalars).

@@ -86,10 +86,78 @@ template <typename T>
 GPTNeoX<T>::GPTNeoX(ModelConfig config)
     : config_(std::move(config)),
       layout_(ParameterLayout::gpt_neox(config_)),
-      params_(static_cast<size_t>(layout_.total())) {}
+      params_(static_cast<size_t>(layout_.total())),
+      segments_(gpt_neox_segments(layout_, config_)) {}
+
+template <typename T>
+int64_t GPTNeoX<T>::segment_of(int64_t offset) const {
+  const auto it = std::upper_bound(segments_.begin(), segments_.end(), offset,
+                                   [](int64_t o, const ParameterSegment& s) { return o < s.end; });
+  return it - segments_.begin();
+}
+
+template <typename T>
+T* GPTNeoX<T>::parameter(const std::string& name) {
+  const ParameterView& view = layout_.view(name);
+  if (storage_ == nullptr) return params_.data() + view.offset;
+  const int64_t s = segment_of(view.offset);
+  T* held = held_params_[static_cast<size_t>(s)];
+  if (held == nullptr) fail("parameter '{}' used while its segment {} is not acquired", name, s);
+  return held + (view.offset - segments_[static_cast<size_t>(s)].begin);
+}
+
+template <typename T>
+const T* GPTNeoX<T>::parameter(const std::string& name) const {
+  return const_cast<GPTNeoX<T>*>(this)->parameter(name);
+}
+
+template <typename T>
+T* GPTNeoX<T>::gradient(const std::string& name) {
+  const ParameterView& view = layout_.view(name);
+  if (storage_ == nullptr) return grads_.data() + view.offset;
+  const int64_t s = segment_of(view.offset);
+  T* held = held_grads_[static_cast<size_t>(s)];
+  if (held == nullptr) fail("gradient of '{}' used while its segment {} is not acquired", name, s);
+  return held + (view.offset - segments_[static_cast<size_t>(s)].begin);
+}
+
+template <typename T>
+void GPTNeoX<T>::use_storage(SegmentStorage<T>* storage) {
+  storage_ = storage;
+  held_params_.assign(segments_.size(), nullptr);
+  held_grads_.assign(segments_.size(), nullptr);
+  std::vector<T>().swap(grads_);
+  if (storage != nullptr) std::vector<T>().swap(params_);
+  else params_.assign(static_cast<size_t>(layout_.total()), T(0));
+}
+
+template <typename T>
+void GPTNeoX<T>::hold_parameters(int64_t segment) {
+  if (storage_) held_params_[static_cast<size_t>(segment)] = storage_->acquire_parameters(segment);
+}
+
+template <typename T>
+void GPTNeoX<T>::drop_parameters(int64_t segment) {
+  if (!storage_) return;
+  storage_->release_parameters(segment);
+  held_params_[static_cast<size_t>(segment)] = nullptr;
+}
+
+template <typename T>
+void GPTNeoX<T>::hold_gradients(int64_t segment) {
+  if (storage_) held_grads_[static_cast<size_t>(segment)] = storage_->acquire_gradients(segment);
+}
+
+template <typename T>
+void GPTNeoX<T>::drop_gradients(int64_t segment) {
+  if (!storage_) return;
+  storage_->release_gradients(segment);
+  held_grads_[static_cast<size_t>(segment)] = nullptr;
+}
 
 template <typename T>
 void GPTNeoX<T>::load(const TensorMap& tensors, const std::string& source) {
+  if (storage_) fail("load: the model's parameters are held by a segment storage");
   check_tensors(layout_, config_, tensors, source);
   for (const auto& view : layout_.views()) {
     const Tensor converted = tensors.at(view.name).to(dtype_of<T>());
@@ -100,6 +168,7 @@ void GPTNeoX<T>::load(const TensorMap& tensors, const std::string& source) {
 template <typename T>
 TensorMap GPTNeoX<T>::to_tensors(DType dtype) const {
   if (!is_floating(dtype)) fail("parameters can only be written as a floating dtype, not {}", dtype_name(dtype));
+  if (storage_) fail("to_tensors: the model's parameters are held by a segment storage");
   TensorMap out;
   for (const auto& view : layout_.views()) {
     Tensor t(dtype_of<T>(), view.shape);
@@ -121,6 +190,7 @@ T* GPTNeoX<T>::output_embedding_gradient() {
 
 template <typename T>
 void GPTNeoX<T>::zero_gradients() {
+  if (storage_) fail("zero_gradients: gradients are held by a segment storage");
   grads_.assign(params_.size(), T(0));
 }
 
@@ -163,14 +233,15 @@ void GPTNeoX<T>::resize_activations(int64_t batch, int64_t seq) {
 }
 
 template <typename T>
-double GPTNeoX<T>::forward(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward) {
-  const LossSum loss = forward_loss_sum(ids, batch, seq, for_backward);
+double GPTNeoX<T>::forward(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward,
+                           double gradient_weight) {
+  const LossSum loss = forward_loss_sum(ids, batch, seq, for_backward, gradient_weight);
   return loss.count > 0 ? loss.sum / static_cast<double>(loss.count) : 0.0;
 }
 
 template <typename T>
 typename GPTNeoX<T>::LossSum GPTNeoX<T>::forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq,
-                                                           bool for_backward) {
+                                                           bool for_backward, double gradient_weight) {
   if (batch <= 0 || seq <= 0) fail("forward needs a positive batch and sequence length, got {}x{}", batch, seq);
   resize_activations(batch, seq);
   Activations& a = acts_;
@@ -180,19 +251,29 @@ typename GPTNeoX<T>::LossSum GPTNeoX<T>::forward_loss_sum(const int32_t* ids, in
     for (int64_t s = 0; s < seq; ++s)
       a.targets[static_cast<size_t>(b * seq + s)] = s + 1 < seq ? ids[b * seq + s + 1] : -1;
   a.predictions = batch * (seq - 1);
+  a.gradient_weight = gradient_weight;
 
+  const bool tied = config_.tie_word_embeddings;
+  hold_parameters(0);
   cpu::embedding_forward(a.layers[0].input.data(), ids, parameter("gpt_neox.embed_in.weight"), N, V, D);
+  if (!tied) drop_parameters(0);
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     T* out = l + 1 < config_.num_layers ? a.layers[static_cast<size_t>(l + 1)].input.data() : a.final_input.data();
+    hold_parameters(l + 1);
     layer_forward(l, a.layers[static_cast<size_t>(l)].input.data(), out);
+    drop_parameters(l + 1);
   }
+  hold_parameters(head_segment());
   cpu::layernorm_forward(a.final_ln.data(), a.final_mean.data(), a.final_rstd.data(), a.final_input.data(),
                          parameter("gpt_neox.final_layer_norm.weight"),
                          parameter("gpt_neox.final_layer_norm.bias"), N, D, config_.layer_norm_eps);
   cpu::linear_forward<T>(a.logits.data(), a.final_ln.data(), output_embedding(), nullptr, N, D, V);
+  drop_parameters(head_segment());
+  if (tied) drop_parameters(0);
   // Without for_backward the logits stay intact for the caller and a later backward computes
-  // their gradient; with it the gradient of the mean loss replaces them now.
-  const T grad_scale = a.predictions > 0 ? static_cast<T>(1.0 / static_cast<double>(a.predictions)) : T(0);
+  // their gradient; with it the gradient of the weighted mean loss replaces them now.
+  const T grad_scale =
+      a.predictions > 0 ? static_cast<T>(gradient_weight / static_cast<double>(a.predictions)) : T(0);
   LossSum loss;
   const auto result =
       cpu::softmax_cross_entropy<T>(a.logits.data(), a.targets.data(), N, V, for_backward, grad_scale);
@@ -315,14 +396,24 @@ void GPTNeoX<T>::backward() {
   Activations& a = acts_;
   if (a.logits_state == Activations::LogitsState::Consumed) fail("backward needs a fresh forward pass first");
   const int64_t N = a.batch * a.seq, D = config_.hidden_size, V = config_.vocab_size;
-  if (grads_.size() != params_.size()) zero_gradients();
+  if (!storage_ && grads_.size() != params_.size()) zero_gradients();
   if (a.logits_state == Activations::LogitsState::Logits) {
-    const T grad_scale = a.predictions > 0 ? static_cast<T>(1.0 / static_cast<double>(a.predictions)) : T(0);
+    const T grad_scale =
+        a.predictions > 0 ? static_cast<T>(a.gradient_weight / static_cast<double>(a.predictions)) : T(0);
     cpu::softmax_cross_entropy<T>(a.logits.data(), a.targets.data(), N, V, true, grad_scale);
   }
   a.logits_state = Activations::LogitsState::Consumed;
-  if (a.predictions == 0) return;  // sequences of one token predict nothing
+  // Sequences of one token predict nothing; a storage still sees every segment (its collectives
+  // need every rank), with zero gradients.
+  if (a.predictions == 0 && !storage_) return;
 
+  const bool tied = config_.tie_word_embeddings;
+  hold_parameters(head_segment());
+  hold_gradients(head_segment());
+  if (tied) {
+    hold_parameters(0);
+    hold_gradients(0);
+  }
   T* dfinal_ln = a.nd_a.data();
   cpu::linear_backward<T>(dfinal_ln, output_embedding_gradient(), nullptr, a.logits.data(), a.final_ln.data(),
                           output_embedding(), N, D, V, false);
@@ -331,13 +422,22 @@ void GPTNeoX<T>::backward() {
                           gradient("gpt_neox.final_layer_norm.bias"), dfinal_ln, a.final_input.data(),
                           parameter("gpt_neox.final_layer_norm.weight"), a.final_mean.data(),
                           a.final_rstd.data(), N, D);
+  drop_gradients(head_segment());
+  drop_parameters(head_segment());
   T* dout = a.dres_a.data();
   T* dx = a.dres_b.data();
   for (int64_t l = config_.num_layers - 1; l >= 0; --l) {
+    hold_parameters(l + 1);
+    hold_gradients(l + 1);
     layer_backward(l, dout, dx);
+    drop_gradients(l + 1);
+    drop_parameters(l + 1);
     std::swap(dout, dx);
   }
+  if (!tied) hold_gradients(0);
   cpu::embedding_backward(gradient("gpt_neox.embed_in.weight"), dout, a.ids.data(), N, D);
+  drop_gradients(0);
+  if (tied) drop_parameters(0);
 }
 
 template <typename T>

@@ -19,13 +19,22 @@ class GPTNeoX {
 
   const ModelConfig& config() const { return config_; }
   const ParameterLayout& layout() const { return layout_; }
+  // The model's own flat buffers (empty while a SegmentStorage is in use).
   std::vector<T>& parameters() { return params_; }
   const std::vector<T>& parameters() const { return params_; }
   // Allocated (zeroed) by the first zero_gradients() or backward(); empty before.
   std::vector<T>& gradients() { return grads_; }
-  T* parameter(const std::string& name) { return params_.data() + layout_.view(name).offset; }
-  const T* parameter(const std::string& name) const { return params_.data() + layout_.view(name).offset; }
-  T* gradient(const std::string& name) { return grads_.data() + layout_.view(name).offset; }
+  // A tensor's values or gradient by name: in the model's own buffers, or (with a
+  // SegmentStorage) in its segment while that segment is acquired.
+  T* parameter(const std::string& name);
+  const T* parameter(const std::string& name) const;
+  T* gradient(const std::string& name);
+
+  const std::vector<ParameterSegment>& segments() const { return segments_; }
+  // Hands parameter and gradient storage to `storage` and frees the model's own buffers; every
+  // forward and backward then acquires and releases segments through it (collectives may run
+  // inside, so every rank must make the same calls). nullptr returns to fresh, zeroed own buffers.
+  void use_storage(SegmentStorage<T>* storage);
 
   // Copies checkpoint tensors into the parameter buffer, converting from their stored dtype,
   // after check_tensors() has validated them; `source` names the checkpoint in errors.
@@ -37,14 +46,18 @@ class GPTNeoX {
   // predictions (Hugging Face's loss with labels = ids); logits() holds [batch, seq, vocab].
   // With for_backward, the fused cross-entropy writes the loss gradient over the logits in the
   // same pass (logits() then holds that gradient), so a training step computes the softmax once.
-  double forward(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward = false);
+  // `gradient_weight` scales the gradient the following backward computes (the gradient of
+  // gradient_weight × mean loss), so micro-batches of different sizes combine into one mean.
+  double forward(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward = false,
+                 double gradient_weight = 1.0);
   // As forward, plus the sum of losses and number of predictions, for exact averaging across
   // windows of different lengths.
   struct LossSum {
     double sum = 0.0;
     int64_t count = 0;
   };
-  LossSum forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward = false);
+  LossSum forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward = false,
+                           double gradient_weight = 1.0);
   // Accumulates (+=) the gradient of the last forward's mean loss into gradients().
   // The logits buffer is consumed (overwritten by its gradient).
   void backward();
@@ -73,6 +86,7 @@ class GPTNeoX {
     std::vector<T> final_input, final_ln, final_mean, final_rstd;
     std::vector<T> logits;
     int64_t predictions = 0;
+    double gradient_weight = 1.0;
     // What the logits buffer holds: the logits, their loss gradient (a forward for backward),
     // or nothing usable (the backward consumed it).
     enum class LogitsState { Logits, Gradient, Consumed } logits_state = LogitsState::Consumed;
@@ -83,6 +97,14 @@ class GPTNeoX {
 
   const T* output_embedding() const;
   T* output_embedding_gradient();
+  // Segment acquisition (no-ops on the model's own buffers); segment indices as in
+  // gpt_neox_segments: 0 embedding, 1 + l layer l, L + 1 head.
+  int64_t segment_of(int64_t offset) const;
+  void hold_parameters(int64_t segment);
+  void drop_parameters(int64_t segment);
+  void hold_gradients(int64_t segment);
+  void drop_gradients(int64_t segment);
+  int64_t head_segment() const { return config_.num_layers + 1; }
   void resize_activations(int64_t batch, int64_t seq);
   void layer_forward(int64_t l, const T* x, T* out);
   void layer_backward(int64_t l, const T* dout, T* dx);
@@ -100,6 +122,9 @@ class GPTNeoX {
   ModelConfig config_;
   ParameterLayout layout_;
   std::vector<T> params_, grads_;
+  std::vector<ParameterSegment> segments_;
+  SegmentStorage<T>* storage_ = nullptr;
+  std::vector<T*> held_params_, held_grads_;  // per segment, while acquired from storage_
   Activations acts_;
 };
 

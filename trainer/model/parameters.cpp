@@ -22,6 +22,27 @@ const ParameterView& ParameterLayout::view(const std::string& name) const {
   return views_[it->second];
 }
 
+std::vector<ParameterSegment> gpt_neox_segments(const ParameterLayout& layout, const ModelConfig& config) {
+  std::vector<ParameterSegment> segments;
+  const ParameterView& embed = layout.view("gpt_neox.embed_in.weight");
+  segments.push_back({embed.offset, embed.offset + embed.numel()});
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    const std::string prefix = layer_prefix(l);
+    ParameterSegment s{layout.total(), 0};
+    for (const auto& view : layout.views())
+      if (view.name.starts_with(prefix)) {
+        s.begin = std::min(s.begin, view.offset);
+        s.end = std::max(s.end, view.offset + view.numel());
+      }
+    segments.push_back(s);
+  }
+  segments.push_back({segments.back().end, layout.total()});
+  for (size_t i = 1; i < segments.size(); ++i)
+    if (segments[i].begin != segments[i - 1].end) fail("parameter layout: segment {} is not contiguous", i);
+  if (segments.front().begin != 0) fail("parameter layout: the input embedding must come first");
+  return segments;
+}
+
 namespace {
 std::string name_list(const std::vector<std::string>& names) {
   constexpr size_t kShown = 5;

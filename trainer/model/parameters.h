@@ -41,6 +41,30 @@ class ParameterLayout {
 
 std::string layer_prefix(int64_t layer);
 
+// A contiguous range of the flat buffer whose parameters are used together: the GPT-NeoX
+// segments are the input embedding (0), each layer (1..L) and the head (L + 1: final norm and,
+// unless tied, the output embedding). ZeRO stage 3 gathers parameters a segment at a time, and
+// stages 2-3 reduce gradients a segment at a time as the backward pass completes them.
+struct ParameterSegment {
+  int64_t begin = 0, end = 0;
+  int64_t size() const { return end - begin; }
+};
+std::vector<ParameterSegment> gpt_neox_segments(const ParameterLayout& layout, const ModelConfig& config);
+
+// Where a model finds the parameters and gradients of a segment when it does not own them. The
+// model acquires a segment's parameters before using them and releases them after; it acquires
+// a segment's gradients before its backward adds to them and releases them once this backward
+// pass has added everything it will. Acquisitions of one segment never overlap themselves.
+template <typename T>
+class SegmentStorage {
+ public:
+  virtual ~SegmentStorage() = default;
+  virtual T* acquire_parameters(int64_t segment) = 0;
+  virtual void release_parameters(int64_t segment) = 0;
+  virtual T* acquire_gradients(int64_t segment) = 0;
+  virtual void release_gradients(int64_t segment) = 0;
+};
+
 // Checks that checkpoint tensors match a layout exactly: no missing or unexpected names, every
 // shape as declared, floating dtypes. With tied embeddings an `embed_out.weight` equal to
 // `gpt_neox.embed_in.weight` is tolerated (some writers store both). `source` names the checkpoint.

@@ -65,7 +65,7 @@ void adamw_step(float* params, float* m, float* v, const float* grads, const uin
   }
 }
 
-double global_norm(const float* grads, int64_t n) {
+double sum_of_squares(const float* grads, int64_t n) {
   const int64_t blocks = (n + kNormBlock - 1) / kNormBlock;
   std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(blocks, 0)), 0.0);
 #pragma omp parallel for schedule(static) if (n > kParallelThreshold)
@@ -81,8 +81,10 @@ double global_norm(const float* grads, int64_t n) {
   }
   double total = 0.0;
   for (const double sum : partial) total += sum;
-  return std::sqrt(total);
+  return total;
 }
+
+double global_norm(const float* grads, int64_t n) { return std::sqrt(sum_of_squares(grads, n)); }
 
 // torch.nn.utils.clip_grad_norm_ semantics: clip_coef = max_norm / (norm + 1e-6), clamped to at
 // most 1, grads multiplied by it. Multiplying by a clamped 1 changes nothing, so grads are only

@@ -20,7 +20,8 @@ struct AdamWConfig {
 void adamw_step(float* params, float* m, float* v, const float* grads, const uint8_t* decay, const uint8_t* update,
                 int64_t n, int64_t step, double lr, const AdamWConfig& config);
 
-// sqrt(Σ g²) accumulated in double, deterministic for any thread count.
+// Σ g² accumulated in double, deterministic for any thread count; global_norm is its root.
+double sum_of_squares(const float* grads, int64_t n);
 double global_norm(const float* grads, int64_t n);
 // torch.nn.utils.clip_grad_norm_: scales grads by max_norm / (norm + 1e-6) when that is below 1;
 // returns the factor applied (1 if none). `norm` must be finite.

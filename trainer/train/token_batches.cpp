@@ -38,7 +38,8 @@ void TokenBatches::shuffle_for(int64_t epoch) {
   rng.shuffle(order_.data(), samples_);
 }
 
-void TokenBatches::next(int32_t* out, int64_t count, DataCursor& cursor) {
+void TokenBatches::next_slice(int32_t* out, int64_t count, int64_t begin, int64_t end, DataCursor& cursor) {
+  if (begin < 0 || begin > end || end > count) fail("batch slice [{}, {}) is not within {} samples", begin, end, count);
   for (int64_t b = 0; b < count; ++b) {
     if (cursor.position >= samples_) {
       ++cursor.epoch;
@@ -46,7 +47,8 @@ void TokenBatches::next(int32_t* out, int64_t count, DataCursor& cursor) {
     }
     if (order_epoch_ != cursor.epoch) shuffle_for(cursor.epoch);
     const int64_t sample = order_[static_cast<size_t>(cursor.position++)];
-    int32_t* destination = out + b * (seq_len_ + 1);
+    if (b < begin || b >= end) continue;
+    int32_t* destination = out + (b - begin) * (seq_len_ + 1);
     if (dataset_) {
       const std::vector<int32_t> sequence = dataset_->sequence(sample);
       if (static_cast<int64_t>(sequence.size()) != seq_len_ + 1)
@@ -55,8 +57,8 @@ void TokenBatches::next(int32_t* out, int64_t count, DataCursor& cursor) {
       std::copy(sequence.begin(), sequence.end(), destination);
       continue;
     }
-    const int32_t* begin = tokens_.data() + sample * stride_;
-    std::copy(begin, begin + seq_len_ + 1, destination);
+    const int32_t* first = tokens_.data() + sample * stride_;
+    std::copy(first, first + seq_len_ + 1, destination);
   }
 }
 

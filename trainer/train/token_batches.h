@@ -34,7 +34,11 @@ class TokenBatches {
   int64_t sample_tokens() const { return seq_len_ + 1; }
   bool streamed() const { return dataset_ != nullptr; }
   // Writes `count` samples ([count, L + 1] ids) and advances the cursor.
-  void next(int32_t* out, int64_t count, DataCursor& cursor);
+  void next(int32_t* out, int64_t count, DataCursor& cursor) { next_slice(out, count, 0, count, cursor); }
+  // Takes the next `count` samples of the order as next() does, but writes only samples
+  // [begin, end) of them ([end - begin, L + 1] ids): a rank's slice of a global batch. Every rank
+  // advances its cursor past the whole batch, so batches and order do not depend on the ranks.
+  void next_slice(int32_t* out, int64_t count, int64_t begin, int64_t end, DataCursor& cursor);
 
  private:
   void shuffle_for(int64_t epoch);

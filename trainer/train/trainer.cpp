@@ -15,8 +15,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/resource.h>
+
+#include "comm/single_communicator.h"
 #include "kernels/core/error.h"
 #include "trainer/checkpoint/atomic_write.h"
+#include "trainer/checkpoint/flat_checkpoint.h"
 #include "trainer/checkpoint/native.h"
 #include "trainer/data/token_stream.h"
 #include "trainer/model/dijiang_tensors.h"
@@ -26,6 +30,7 @@
 #include "trainer/model/source.h"
 #include "trainer/optim/adamw.h"
 #include "trainer/report/plot.h"
+#include "trainer/train/sharded_state.h"
 #include "trainer/train/token_batches.h"
 
 namespace dj {
@@ -59,7 +64,8 @@ class StopSignals {
   struct sigaction previous_int_ {}, previous_term_ {};
 };
 
-const std::regex kCheckpointName(R"(ckpt-(\d{8})\.h5)");
+// ckpt-<step>.h5 from one process, ckpt-<step>/ (a flat checkpoint, one file per rank) from several.
+const std::regex kCheckpointName(R"(ckpt-(\d{8})(\.h5)?)");
 
 struct Metric {
   int64_t step;
@@ -75,25 +81,52 @@ std::string duration_text(double seconds) {
 
 class Run {
  public:
-  Run(const Experiment& e, bool resume) : e_(e) {
+  Run(const Experiment& e, comm::Communicator& comm, bool resume)
+      : e_(e), comm_(comm), rank_(comm.rank()), world_(comm.size()) {
     if (e_.precision != "f32")
       fail("precision {} needs the CUDA backend; the CPU trains in f32 (set precision: f32)", e_.precision);
-    fs::create_directories(e_.out_dir);
+    if (rank_ == 0) fs::create_directories(e_.out_dir);
     fs::path from;
     if (resume) {
       from = latest_checkpoint(e_.out_dir);
-      if (from.empty()) spdlog::warn("--resume: no checkpoint in {}; starting from {}", e_.out_dir, e_.model_source);
+      if (from.empty() && rank_ == 0)
+        spdlog::warn("--resume: no checkpoint in {}; starting from {}", e_.out_dir, e_.model_source);
     }
-    ModelSource source = from.empty() ? initial_source() : read_model_source(from);
-    prepare_attention(source);
-    model_ = std::make_unique<GPTNeoX<float>>(source.config);
-    model_->load(source.tensors, source.path.string());
-    const auto n = static_cast<size_t>(model_->layout().total());
-    m_.assign(n, 0.0f);
-    v_.assign(n, 0.0f);
-    build_masks();
-    if (!from.empty()) restore(source, from);
-    else std::ofstream(metrics_path(), std::ios::trunc);
+    if (!from.empty() && is_flat_checkpoint(from)) {
+      // Each rank reads only the ranges its stage keeps, whatever the rank count that wrote it.
+      auto reader = std::make_shared<FlatCheckpointReader>(from);
+      ModelSource source;
+      source.kind = ModelSource::Kind::Native;
+      source.path = from;
+      source.config = ModelConfig::from_hf_json(reader->config(), from.string());
+      source.metadata = reader->metadata();
+      prepare_attention(source);
+      make_state(source.config);
+      state_->load([&](const std::string& dataset, int64_t begin, int64_t end, float* out) {
+        reader->read(dataset, begin, end, out);
+      }, true);
+      restore(source.metadata, from);
+    } else {
+      ModelSource source = from.empty() ? initial_source() : read_model_source(from);
+      prepare_attention(source);
+      make_state(source.config);
+      const ParameterLayout& layout = model_->layout();
+      check_tensors(layout, source.config, source.tensors, source.path.string());
+      if (!from.empty()) check_optimizer_state(source, from);
+      state_->load([&](const std::string& dataset, int64_t begin, int64_t end, float* out) {
+        const TensorMap& map = dataset == kFlatParameters ? source.tensors : source.optimizer_state;
+        const std::string prefix = dataset == kFlatParameters ? "" : dataset + ".";
+        for (const auto& view : layout.views()) {
+          const int64_t lo = std::max(begin, view.offset), hi = std::min(end, view.offset + view.numel());
+          if (lo >= hi) continue;
+          const Tensor values = map.at(prefix + view.name).to(DType::F32);
+          std::memcpy(out + (lo - begin), values.data<float>() + (lo - view.offset),
+                      static_cast<size_t>(hi - lo) * sizeof(float));
+        }
+      }, !from.empty());
+      if (!from.empty()) restore(source.metadata, from);
+    }
+    if (from.empty() && rank_ == 0) std::ofstream(metrics_path(), std::ios::trunc);
 
     if (e_.order == "pythia" && !e_.train_tokens.ends_with(".npy")) {
       // Pythia-scale data stays memory-mapped; ids are checked as each batch is drawn.
@@ -115,31 +148,58 @@ class Run {
   TrainOutcome run(int64_t stop_after) {
     StopSignals signals;
     const ModelConfig& c = model_->config();
+    const int64_t global = e_.sequences_per_step(), T = batches_->sample_tokens();
+    // This rank's slice of every global batch, cut into the same number of micro-batches on
+    // every rank (collectives run inside each backward); a rank with fewer sequences than
+    // micro-batches pads with passes that carry no gradient.
+    const int64_t lo = global * rank_ / world_, hi = global * (rank_ + 1) / world_, local = hi - lo;
+    const int64_t largest = (global + world_ - 1) / world_;
+    const int64_t micro_batches = std::max<int64_t>(1, (largest + e_.micro_batch - 1) / e_.micro_batch);
     spdlog::info("model: {} layers, hidden {}, {} attention, {:.2f}M parameters ({:.2f}M trained)", c.num_layers,
                  c.hidden_size, c.is_dijiang() ? "DiJiang" : "softmax", static_cast<double>(c.parameter_count()) / 1e6,
                  static_cast<double>(trained_values_) / 1e6);
-    spdlog::info("data: {} samples of {} tokens; {} tokens per step; steps {} -> {}", batches_->samples(),
-                 e_.seq_len + 1, e_.tokens_per_step(), step_, e_.steps);
+    spdlog::info("data: {} samples of {} tokens; {} sequences ({} tokens) per step; steps {} -> {}",
+                 batches_->samples(), T, global, e_.tokens_per_step(), step_, e_.steps);
+    if (world_ > 1) {
+      spdlog::info("distributed: {} ranks ({}), ZeRO stage {}; {}-{} sequences per rank in {} micro-batches", world_,
+                   comm_.backend(), e_.zero_stage, global / world_, largest, micro_batches);
+      if (global % world_ != 0 || global < world_ * micro_batches)
+        spdlog::warn("the global batch of {} sequences does not divide evenly over {} ranks in micro-batches of {}; "
+                     "some ranks run padding passes", global, world_, e_.micro_batch);
+    }
     TrainOutcome outcome;
     const auto start = std::chrono::steady_clock::now();
     const int64_t first_step = step_;
-    std::vector<int32_t> batch(static_cast<size_t>(e_.micro_batch * batches_->sample_tokens()));
+    comm_.reset_traffic();
+    std::vector<int32_t> batch(static_cast<size_t>(std::max<int64_t>(local, 1) * T), 0);
     while (step_ < e_.steps) {
       const auto step_start = std::chrono::steady_clock::now();
-      model_->zero_gradients();
-      double loss = 0.0;
-      for (int64_t a = 0; a < e_.grad_accum; ++a) {
-        batches_->next(batch.data(), e_.micro_batch, cursor_);
-        // Streamed data is checked as it arrives; in-memory data was checked once at start.
-        if (batches_->streamed()) check_vocabulary(batch, e_.train_tokens);
-        loss += model_->forward(batch.data(), e_.micro_batch, batches_->sample_tokens(), true);
+      batches_->next_slice(batch.data(), global, lo, hi, cursor_);
+      // Streamed data is checked as it arrives; in-memory data was checked once at start.
+      if (batches_->streamed()) check_vocabulary(batch, e_.train_tokens);
+      state_->start_step();
+      // {weighted loss, stop requested}: summed over ranks, so every rank decides alike.
+      double shared[2] = {0.0, stop_requested.load() ? 1.0 : 0.0};
+      for (int64_t k = 0; k < micro_batches; ++k) {
+        const int64_t a = local * k / micro_batches, b = local * (k + 1) / micro_batches;
+        state_->start_micro_batch(k == 0, k + 1 == micro_batches);
+        if (b > a) {
+          // The gradient of the global mean loss: this micro-batch's mean weighted by its share.
+          const double weight = static_cast<double>(b - a) / static_cast<double>(global);
+          shared[0] += weight * model_->forward(batch.data() + a * T, b - a, T, true, weight);
+        } else {
+          model_->forward(batch.data(), 1, T, true, 0.0);
+        }
         model_->backward();
       }
-      loss /= static_cast<double>(e_.grad_accum);
-      std::vector<float>& grads = model_->gradients();
-      const float accum_scale = 1.0f / static_cast<float>(e_.grad_accum);
-      for (size_t i = 0; i < grads.size(); ++i) grads[i] = update_[i] ? grads[i] * accum_scale : 0.0f;
-      const double norm = global_norm(grads.data(), static_cast<int64_t>(grads.size()));
+      state_->finish_gradients();
+      comm_.all_reduce_host(shared, 2);
+      const double loss = shared[0];
+      float* grads = state_->update_gradients();
+      const int64_t n = state_->update_count();
+      for (int64_t i = 0; i < n; ++i)
+        if (!update_[static_cast<size_t>(i)]) grads[i] = 0.0f;
+      const double norm = std::sqrt(state_->gradient_sum_of_squares());
       const double lr = learning_rate(step_, e_.lr, e_.min_lr, e_.warmup, e_.steps);
       if (!std::isfinite(loss) || !std::isfinite(norm)) {
         ++bad_steps_;
@@ -147,16 +207,16 @@ class Run {
                      std::isfinite(loss) ? "gradient norm" : "loss", std::isfinite(loss) ? norm : loss, bad_steps_);
       } else {
         bad_steps_ = 0;
-        if (e_.grad_clip > 0) clip_by_global_norm(grads.data(), static_cast<int64_t>(grads.size()), norm, e_.grad_clip);
-        adamw_step(model_->parameters().data(), m_.data(), v_.data(), grads.data(), decay_.data(), update_.data(),
-                   static_cast<int64_t>(grads.size()), step_ + 1, lr,
-                   AdamWConfig{e_.beta1, e_.beta2, e_.eps, e_.weight_decay});
+        if (e_.grad_clip > 0) clip_by_global_norm(grads, n, norm, e_.grad_clip);
+        adamw_step(state_->update_parameters(), state_->m(), state_->v(), grads, decay_.data(), update_.data(), n,
+                   step_ + 1, lr, AdamWConfig{e_.beta1, e_.beta2, e_.eps, e_.weight_decay});
+        state_->finish_update();
       }
       ++step_;
       const double step_seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
       const double tokens_per_s = static_cast<double>(e_.tokens_per_step()) / step_seconds;
-      record({step_, loss, lr, norm, tokens_per_s});
+      if (rank_ == 0) record({step_, loss, lr, norm, tokens_per_s});
       outcome.last_loss = loss;
       {
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -168,7 +228,7 @@ class Run {
         if (step_ % e_.log_every == 0 || step_ == e_.steps) {
           if (progress_on_terminal_) std::fputs("\r\033[K", stderr);
           spdlog::info("{}", status);
-        } else if (progress_on_terminal_) {
+        } else if (progress_on_terminal_ && rank_ == 0) {
           // On a terminal a bar between the logged lines shows every step.
           constexpr int kWidth = 30;
           const auto filled = static_cast<int>(kWidth * step_ / e_.steps);
@@ -178,24 +238,28 @@ class Run {
         }
       }
       if (e_.eval_every > 0 && step_ % e_.eval_every == 0) validate();
-      const bool stopping = stop_requested.load() || (stop_after > 0 && step_ - first_step >= stop_after);
+      const bool signalled = shared[1] > 0;
+      const bool stopping = signalled || (stop_after > 0 && step_ - first_step >= stop_after);
       if (bad_steps_ >= e_.max_bad_steps) {
         outcome.checkpoint = save();
-        fail("{} consecutive steps had a non-finite loss or gradient; stopped after writing {}", bad_steps_,
-             outcome.checkpoint.string());
+        // Every rank saw the same global loss and norm, so every rank stops here alike.
+        throw comm::JobError(fmt::format("{} consecutive steps had a non-finite loss or gradient; stopped after "
+                                         "writing {}", bad_steps_, outcome.checkpoint.string()),
+                             rank_ == 0);
       }
       if (stopping || step_ % e_.checkpoint_every == 0 || step_ == e_.steps) {
         if (step_ % e_.checkpoint_every == 0 || step_ == e_.steps) validate();
         outcome.checkpoint = save();
       }
       if (stopping) {
-        outcome.interrupted = stop_requested.load();
+        outcome.interrupted = signalled;
         if (outcome.interrupted)
           spdlog::warn("stop requested: checkpoint {} written at step {}", outcome.checkpoint.string(), step_);
         break;
       }
     }
     outcome.step = step_;
+    report_resources(first_step);
     return outcome;
   }
 
@@ -214,7 +278,7 @@ class Run {
     source.config = ModelConfig::from_hf_json(json, path.string());
     if (source.config.is_dijiang()) fail("{}: a config to train from scratch must have softmax attention", path.string());
     source.tensors = initial_tensors(source.config, e_.seed);
-    spdlog::info("initialised a fresh model from {} (seed {})", path.string(), e_.seed);
+    if (rank_ == 0) spdlog::info("initialised a fresh model from {} (seed {})", path.string(), e_.seed);
     return source;
   }
 
@@ -223,14 +287,34 @@ class Run {
       fail("model.attention is softmax but {} has DiJiang attention", source.path.string());
     if (e_.attention == "dijiang" && !source.config.is_dijiang()) {
       convert_to_dijiang(source, e_.dijiang);
-      spdlog::info("converted {} to DiJiang attention (sampling {}, seed {})", source.path.string(),
-                   e_.dijiang.sampling, e_.dijiang.seed);
+      if (rank_ == 0)
+        spdlog::info("converted {} to DiJiang attention (sampling {}, seed {})", source.path.string(),
+                     e_.dijiang.sampling, e_.dijiang.seed);
     }
   }
 
+  // The model with its parameters, gradients and moments in a ShardedState of the experiment's
+  // ZeRO stage; the update masks cover the range this rank updates.
+  void make_state(const ModelConfig& config) {
+    model_ = std::make_unique<GPTNeoX<float>>(config);
+    state_ = std::make_unique<ShardedState>(comm_, static_cast<int>(e_.zero_stage), model_->segments());
+    model_->use_storage(state_.get());
+    build_masks();
+  }
+
+  void check_optimizer_state(const ModelSource& source, const fs::path& from) const {
+    for (const auto& view : model_->layout().views())
+      for (const char* prefix : {"optimizer.m.", "optimizer.v."}) {
+        const auto it = source.optimizer_state.find(prefix + view.name);
+        if (it == source.optimizer_state.end() || it->second.shape() != view.shape || it->second.dtype() != DType::F32)
+          fail("{}: optimizer state '{}{}' is missing or malformed", from.string(), prefix, view.name);
+      }
+  }
+
   void build_masks() {
-    decay_.assign(m_.size(), 0);
-    update_.assign(m_.size(), 0);
+    const int64_t begin = state_->update_begin(), end = state_->update_end();
+    decay_.assign(static_cast<size_t>(end - begin), 0);
+    update_.assign(decay_.size(), 0);
     trained_values_ = 0;
     for (const auto& view : model_->layout().views()) {
       // Pythia decays matrices (embeddings included), not biases, norms or other 1-D tensors.
@@ -238,9 +322,11 @@ class Run {
       bool train = view.trainable;
       for (const auto& pattern : e_.freeze)
         if (matches_pattern(pattern, view.name)) train = false;
-      std::fill_n(decay_.begin() + view.offset, view.numel(), static_cast<uint8_t>(decay));
-      std::fill_n(update_.begin() + view.offset, view.numel(), static_cast<uint8_t>(train));
       if (train) trained_values_ += view.numel();
+      const int64_t lo = std::max(begin, view.offset), hi = std::min(end, view.offset + view.numel());
+      if (lo >= hi) continue;
+      std::fill(decay_.begin() + (lo - begin), decay_.begin() + (hi - begin), static_cast<uint8_t>(decay));
+      std::fill(update_.begin() + (lo - begin), update_.begin() + (hi - begin), static_cast<uint8_t>(train));
     }
   }
 
@@ -261,37 +347,88 @@ class Run {
         << "\n";
   }
 
-  // Mean loss over consecutive windows of seq_len + 1 validation tokens, as `dijiang eval` cuts them.
+  // Mean loss over consecutive windows of seq_len + 1 validation tokens, as `dijiang eval` cuts
+  // them. Every rank evaluates every window (stage 3 gathers parameters collectively, so all
+  // ranks must make the same forward calls); rank 0 reports.
   void validate() {
     if (valid_.size() < 2) return;
+    const comm::Traffic before = comm_.traffic();
     const EvalResult r = evaluate_windows(*model_, valid_, e_.seq_len + 1, e_.micro_batch);
+    // Stage 3 gathers parameters for validation too; the per-step report counts training only.
+    const comm::Traffic& after = comm_.traffic();
+    validation_traffic_.all_gather += after.all_gather - before.all_gather;
     const double loss = r.loss_sum / static_cast<double>(r.predicted);
+    if (rank_ != 0) return;
     spdlog::info("step {}: validation loss {:.4f}, perplexity {:.2f}", step_, loss, std::exp(loss));
     std::ofstream(metrics_path(), std::ios::app)
         << nlohmann::json{{"step", step_}, {"valid_loss", loss}, {"valid_ppl", std::exp(loss)}}.dump() << "\n";
   }
 
+  nlohmann::json metadata() const {
+    return {{"kind", "training"},
+            {"step", step_},
+            {"data_epoch", cursor_.epoch},
+            {"data_position", cursor_.position},
+            {"bad_steps", bad_steps_},
+            {"experiment", experiment_to_yaml(e_)},
+            {"ranks", world_},
+            {"zero_stage", e_.zero_stage}};
+  }
+
+  // One process writes ckpt-<step>.h5 (tensors and moments); several write ckpt-<step>/, each
+  // rank its slice of the flat buffers, and rank 0 completes it once all are written.
   fs::path save() {
-    NativeCheckpoint checkpoint;
-    checkpoint.config = model_->config().to_hf_json();
-    checkpoint.metadata = {{"kind", "training"},
-                           {"step", step_},
-                           {"data_epoch", cursor_.epoch},
-                           {"data_position", cursor_.position},
-                           {"bad_steps", bad_steps_},
-                           {"experiment", experiment_to_yaml(e_)}};
-    checkpoint.tensors = model_->to_tensors(DType::F32);
-    for (const auto& view : model_->layout().views()) {
-      Tensor m(DType::F32, view.shape), v(DType::F32, view.shape);
-      std::memcpy(m.bytes(), m_.data() + view.offset, m.nbytes());
-      std::memcpy(v.bytes(), v_.data() + view.offset, v.nbytes());
-      checkpoint.tensors.emplace("optimizer.m." + view.name, std::move(m));
-      checkpoint.tensors.emplace("optimizer.v." + view.name, std::move(v));
+    const fs::path dir(e_.out_dir);
+    if (world_ == 1) {
+      NativeCheckpoint checkpoint;
+      checkpoint.config = model_->config().to_hf_json();
+      checkpoint.metadata = metadata();
+      for (const auto& view : model_->layout().views()) {
+        const auto part = [&](const float* flat) {
+          Tensor t(DType::F32, view.shape);
+          std::memcpy(t.bytes(), flat + view.offset, t.nbytes());
+          return t;
+        };
+        checkpoint.tensors.emplace(view.name, part(state_->owned_parameters()));
+        checkpoint.tensors.emplace("optimizer.m." + view.name, part(state_->owned_m()));
+        checkpoint.tensors.emplace("optimizer.v." + view.name, part(state_->owned_v()));
+      }
+      const fs::path path = dir / fmt::format("ckpt-{:08d}.h5", step_);
+      write_native_checkpoint(path, checkpoint);
+      prune();
+      plot();
+      return path;
     }
-    const fs::path path = fs::path(e_.out_dir) / fmt::format("ckpt-{:08d}.h5", step_);
-    write_native_checkpoint(path, checkpoint);
-    prune();
-    plot();
+    const fs::path path = dir / fmt::format("ckpt-{:08d}", step_);
+    const fs::path staging = flat_staging_dir(path);
+    std::string error;
+    if (rank_ == 0) {
+      try {
+        reset_flat_staging_dir(staging);
+      } catch (const Error& e) {
+        error = e.what();
+      }
+    }
+    comm_.agree(error);
+    FlatShardHeader header{rank_, world_, state_->owned_begin(), state_->owned_end(), state_->total(),
+                           model_->config().to_hf_json(), metadata()};
+    error.clear();
+    try {
+      write_flat_shard(staging, header, state_->owned_parameters(), state_->owned_m(), state_->owned_v());
+    } catch (const Error& e) {
+      error = e.what();
+    }
+    comm_.agree(error);
+    if (rank_ == 0) {
+      try {
+        finish_flat_checkpoint(staging, path, world_);
+        prune();
+        plot();
+      } catch (const Error& e) {
+        error = e.what();
+      }
+    }
+    comm_.agree(error);
     return path;
   }
 
@@ -300,7 +437,7 @@ class Run {
     for (const auto& entry : fs::directory_iterator(e_.out_dir))
       if (std::regex_match(entry.path().filename().string(), kCheckpointName)) checkpoints.push_back(entry.path());
     std::sort(checkpoints.begin(), checkpoints.end());
-    for (size_t i = 0; i + static_cast<size_t>(e_.keep) < checkpoints.size(); ++i) fs::remove(checkpoints[i]);
+    for (size_t i = 0; i + static_cast<size_t>(e_.keep) < checkpoints.size(); ++i) fs::remove_all(checkpoints[i]);
   }
 
   void plot() const {
@@ -316,22 +453,15 @@ class Run {
     write_line_plot(fs::path(e_.out_dir) / "lr.png", {"Learning rate", "step", "learning rate"}, {lr});
   }
 
-  // Restores the optimizer moments, step, data cursor and metric history from a checkpoint.
-  void restore(const ModelSource& source, const fs::path& from) {
-    const nlohmann::json& meta = source.metadata;
+  // Restores the step, data cursor and metric history of a checkpoint (the moments were loaded
+  // with the parameters).
+  void restore(const nlohmann::json& meta, const fs::path& from) {
     if (meta.value("kind", "") != "training")
       fail("{}: not a training checkpoint (no optimizer state)", from.string());
-    for (const auto& view : model_->layout().views()) {
-      for (auto [prefix, buffer] : {std::pair{"optimizer.m.", &m_}, std::pair{"optimizer.v.", &v_}}) {
-        const auto it = source.optimizer_state.find(prefix + view.name);
-        if (it == source.optimizer_state.end() || it->second.shape() != view.shape || it->second.dtype() != DType::F32)
-          fail("{}: optimizer state '{}{}' is missing or malformed", from.string(), prefix, view.name);
-        std::memcpy(buffer->data() + view.offset, it->second.bytes(), it->second.nbytes());
-      }
-    }
     step_ = meta.at("step").get<int64_t>();
     cursor_ = {meta.at("data_epoch").get<int64_t>(), meta.at("data_position").get<int64_t>()};
     bad_steps_ = meta.value("bad_steps", int64_t{0});
+    if (rank_ != 0) return;
     // Keep the metrics up to the resumed step, so that curves continue without duplicates.
     std::vector<std::string> kept;
     std::ifstream in(metrics_path());
@@ -346,21 +476,71 @@ class Run {
     in.close();
     std::ofstream out(metrics_path(), std::ios::trunc);
     for (const auto& line : kept) out << line << "\n";
-    spdlog::info("resumed from {} at step {} (data epoch {}, position {})", from.string(), step_, cursor_.epoch,
-                 cursor_.position);
+    const int written_by = meta.value("ranks", 1);
+    spdlog::info("resumed from {} at step {} (data epoch {}, position {}){}", from.string(), step_, cursor_.epoch,
+                 cursor_.position,
+                 written_by != world_ ? fmt::format("; resharded from {} to {} ranks", written_by, world_) : "");
+  }
+
+  // Per rank: the peak bytes of parameters, gradients and optimizer state the sharded state held,
+  // the peak resident memory of the process, and the communication of an average step. Rank 0
+  // logs the table and writes it to resources.json in the output directory.
+  void report_resources(int64_t first_step) {
+    const int64_t steps = std::max<int64_t>(1, step_ - first_step);
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    const ShardedState::Memory peak = state_->peak_memory();
+    comm::Traffic t = comm_.traffic();
+    t.all_gather -= validation_traffic_.all_gather;
+    constexpr int kFields = 9;
+    std::vector<double> table(static_cast<size_t>(world_ * kFields), 0.0);
+    double* mine = table.data() + rank_ * kFields;
+    const double values[kFields] = {static_cast<double>(peak.parameters), static_cast<double>(peak.gradients),
+                                    static_cast<double>(peak.optimizer), static_cast<double>(peak.total()),
+                                    static_cast<double>(usage.ru_maxrss) * 1024.0,
+                                    static_cast<double>(t.all_reduce) / static_cast<double>(steps),
+                                    static_cast<double>(t.reduce_scatter) / static_cast<double>(steps),
+                                    static_cast<double>(t.all_gather) / static_cast<double>(steps),
+                                    static_cast<double>(t.total()) / static_cast<double>(steps)};
+    std::copy(values, values + kFields, mine);
+    comm_.all_reduce_host(table.data(), static_cast<int64_t>(table.size()));
+    if (rank_ != 0) return;
+    constexpr double kMiB = 1024.0 * 1024.0;
+    nlohmann::json ranks = nlohmann::json::array();
+    spdlog::info("resources per rank (ZeRO stage {}, {} ranks; MiB; communication per step):", e_.zero_stage, world_);
+    spdlog::info("  rank  params  grads  optim  state  max RSS | all-reduce  reduce-scatter  all-gather  total");
+    for (int r = 0; r < world_; ++r) {
+      const double* v = table.data() + r * kFields;
+      spdlog::info("  {:4d} {:7.1f} {:6.1f} {:6.1f} {:6.1f} {:8.1f} | {:10.1f} {:15.1f} {:11.1f} {:6.1f}", r,
+                   v[0] / kMiB, v[1] / kMiB, v[2] / kMiB, v[3] / kMiB, v[4] / kMiB, v[5] / kMiB, v[6] / kMiB,
+                   v[7] / kMiB, v[8] / kMiB);
+      ranks.push_back({{"rank", r},
+                       {"state_bytes", {{"parameters", v[0]}, {"gradients", v[1]}, {"optimizer", v[2]}, {"total", v[3]}}},
+                       {"max_rss_bytes", v[4]},
+                       {"bytes_per_step",
+                        {{"all_reduce", v[5]}, {"reduce_scatter", v[6]}, {"all_gather", v[7]}, {"total", v[8]}}}});
+    }
+    const std::string text = nlohmann::json{{"zero_stage", e_.zero_stage}, {"ranks", world_}, {"steps", steps},
+                                            {"per_rank", ranks}}
+                                 .dump(2) + "\n";
+    write_file_atomically(fs::path(e_.out_dir) / "resources.json",
+                          [&](const fs::path& temp) { std::ofstream(temp) << text; });
   }
 
   Experiment e_;
+  comm::Communicator& comm_;
+  const int rank_, world_;
   const bool progress_on_terminal_ = isatty(STDERR_FILENO) != 0;
   std::unique_ptr<GPTNeoX<float>> model_;
-  std::vector<float> m_, v_;
-  std::vector<uint8_t> decay_, update_;
+  std::unique_ptr<ShardedState> state_;
+  std::vector<uint8_t> decay_, update_;  // over the range this rank updates
   int64_t trained_values_ = 0;
   std::unique_ptr<TokenBatches> batches_;
   std::vector<int32_t> valid_;
   DataCursor cursor_;
   int64_t step_ = 0, bad_steps_ = 0;
   std::vector<Metric> history_;
+  comm::Traffic validation_traffic_;
 };
 
 }  // namespace
@@ -375,8 +555,21 @@ fs::path latest_checkpoint(const fs::path& out_dir) {
   return latest;
 }
 
-TrainOutcome train(const Experiment& experiment, bool resume, int64_t stop_after) {
-  return Run(experiment, resume).run(stop_after);
+TrainOutcome train(const Experiment& experiment, bool resume, int64_t stop_after, comm::Communicator* comm) {
+  std::unique_ptr<comm::Communicator> alone;
+  if (comm == nullptr) comm = (alone = std::make_unique<comm::SingleCommunicator>()).get();
+  comm->set_timeout_seconds(experiment.timeout_s);
+  // Setup errors (a bad file, a missing checkpoint on one node) are agreed on, so that every rank
+  // exits with the same message instead of leaving the others waiting in a collective.
+  std::unique_ptr<Run> run;
+  std::string error;
+  try {
+    run = std::make_unique<Run>(experiment, *comm, resume);
+  } catch (const Error& e) {
+    error = e.what();
+  }
+  comm->agree(error);
+  return run->run(stop_after);
 }
 
 }  // namespace dj

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <filesystem>
 
+#include "comm/communicator.h"
 #include "trainer/config/experiment.h"
 
 namespace dj {
@@ -16,11 +17,15 @@ struct TrainOutcome {
   std::filesystem::path checkpoint;  // the last checkpoint written
 };
 
-// Checkpoints are `<out_dir>/ckpt-<step>.h5`: the model tensors, the AdamW moments
+// Checkpoints of one process are `<out_dir>/ckpt-<step>.h5`: the model tensors, the AdamW moments
 // (`optimizer.m.<name>`, `optimizer.v.<name>`), and metadata with the step, the data cursor and
-// the resolved experiment. `resume` continues from the newest one in out_dir. `stop_after` > 0
-// ends this run (with a checkpoint) after that many steps, for jobs with a time limit.
-TrainOutcome train(const Experiment& experiment, bool resume, int64_t stop_after = 0);
+// the resolved experiment. Several ranks write `<out_dir>/ckpt-<step>/`, a flat checkpoint with
+// one file per rank (flat_checkpoint.h). `resume` continues from the newest one in out_dir, on any
+// number of ranks. `stop_after` > 0 ends this run (with a checkpoint) after that many steps, for
+// jobs with a time limit. `comm` is the job's communicator (null: this process alone); every rank
+// calls train() with the same experiment.
+TrainOutcome train(const Experiment& experiment, bool resume, int64_t stop_after = 0,
+                   comm::Communicator* comm = nullptr);
 
 // The newest checkpoint in a training directory (empty if there is none).
 std::filesystem::path latest_checkpoint(const std::filesystem::path& out_dir);

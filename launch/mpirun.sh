@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Distributed training with mpirun, on one node or on several.
+#
+#   launch/mpirun.sh -n RANKS CONFIG.yaml [KEY=VALUE ...] [--resume] [--stop-after N]
+#   launch/mpirun.sh -n RANKS --hostfile HOSTS CONFIG.yaml ...      several nodes
+#
+# Every rank runs `dijiang train` with the same arguments; the global batch (micro_batch x
+# grad_accum sequences) is split across the ranks, so the run computes what one process would.
+# distributed.zero_stage in the YAML (or as an override) picks the sharding. Rank 0 alone logs
+# and writes metrics, plots and resources.json; each rank writes its part of every checkpoint.
+#
+# One node: RANKS processes, each with cores/RANKS OpenMP threads. Several nodes: a hostfile in
+# Open MPI's format ("node1 slots=8" per line), the project checked out and built at the same
+# path on every node (or on a shared file system), and checkpoint.dir on a file system all nodes
+# share. Extra mpirun options go in MPIRUN_ARGS (e.g. "--mca btl_tcp_if_include eth0").
+# Set DIJIANG to a built binary to skip the set-up (packages and build) that runs otherwise.
+set -euo pipefail
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+
+ranks="" hostfile=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -n|--ranks) ranks="${2:?-n needs a number}"; shift 2 ;;
+    --hostfile) hostfile="${2:?--hostfile needs a file}"; shift 2 ;;
+    -h|--help) usage ;;
+    *) break ;;
+  esac
+done
+[ $# -ge 1 ] || usage
+[[ "$ranks" =~ ^[1-9][0-9]*$ ]] || { echo "launch/mpirun.sh: -n RANKS (a positive number) is required" >&2; exit 2; }
+[ -z "$hostfile" ] || [ -r "$hostfile" ] || { echo "launch/mpirun.sh: cannot read hostfile $hostfile" >&2; exit 2; }
+
+if [ -z "${DIJIANG:-}" ]; then
+  source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+fi
+[ -x "$DIJIANG" ] || { echo "launch/mpirun.sh: $DIJIANG is not an executable" >&2; exit 2; }
+
+args=(-np "$ranks" --bind-to none)
+if [ -n "$hostfile" ]; then
+  args+=(--hostfile "$hostfile" --map-by node)
+  threads="${OMP_NUM_THREADS:-1}"
+else
+  # More ranks than cores is allowed (oversubscribed), each then with one thread.
+  args+=(--oversubscribe)
+  threads="${OMP_NUM_THREADS:-$(( $(nproc) / ranks > 0 ? $(nproc) / ranks : 1 ))}"
+fi
+[ "$(id -u)" -ne 0 ] || args+=(--allow-run-as-root)
+export OMP_NUM_THREADS="$threads"
+args+=(-x OMP_NUM_THREADS)
+[ -z "${OPENBLAS_CORETYPE:-}" ] || args+=(-x OPENBLAS_CORETYPE)
+echo "launch: $ranks ranks${hostfile:+ from $hostfile}, $threads threads each" >&2
+# shellcheck disable=SC2086
+exec mpirun "${args[@]}" ${MPIRUN_ARGS:-} "$DIJIANG" train "$@"

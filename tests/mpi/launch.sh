@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The launch scripts: launch/mpirun.sh runs a 2-rank job and refuses bad arguments; SIGTERM to
+# mpirun (what a scheduler sends at the time limit) leaves a complete checkpoint that resumes;
+# launch/slurm.sbatch parses (there is no Slurm here to run it).
+# Usage: launch.sh DIJIANG SOURCE_DIR
+set -euo pipefail
+export DIJIANG="$1"
+SOURCE_DIR="$2"
+WORK="$(mktemp -d)"
+trap 'pkill -KILL -f "$WORK" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+export OMP_NUM_THREADS=1
+cd "$SOURCE_DIR"
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+launch/mpirun.sh -n 2 configs/micro/tiny-dijiang.yaml schedule.steps=3 checkpoint.every=3 \
+  "checkpoint.dir=$WORK/run" distributed.zero_stage=1 >"$WORK/run.log" 2>&1 || { cat "$WORK/run.log"; fail "launch"; }
+grep -q "launch: 2 ranks, 1 threads each" "$WORK/run.log" || fail "no launch line"
+[ -f "$WORK/run/ckpt-00000003/COMPLETE" ] || fail "no complete 2-rank checkpoint"
+[ -f "$WORK/run/resources.json" ] || fail "no resources.json"
+echo "ok: launch/mpirun.sh -n 2"
+
+status=0
+launch/mpirun.sh configs/micro/tiny-dijiang.yaml >"$WORK/bad.log" 2>&1 || status=$?
+[ "$status" -eq 2 ] && grep -q "RANKS (a positive number) is required" "$WORK/bad.log" || fail "missing -n accepted"
+status=0
+launch/mpirun.sh -n 2 --hostfile "$WORK/absent" configs/micro/tiny-dijiang.yaml >"$WORK/bad.log" 2>&1 || status=$?
+[ "$status" -eq 2 ] && grep -q "cannot read hostfile" "$WORK/bad.log" || fail "missing hostfile accepted"
+echo "ok: bad arguments refused"
+
+launch/mpirun.sh -n 2 configs/micro/tiny-dijiang.yaml schedule.steps=100000 checkpoint.every=100000 \
+  "checkpoint.dir=$WORK/long" >"$WORK/long.log" 2>&1 &
+job=$!
+for _ in $(seq 600); do
+  [ -s "$WORK/long/metrics.jsonl" ] && [ "$(wc -l <"$WORK/long/metrics.jsonl")" -ge 3 ] && break
+  sleep 0.1
+done
+pkill -TERM -f "mpirun .*checkpoint.dir=$WORK/long"
+wait "$job" || true
+grep -q "stop requested: checkpoint" "$WORK/long.log" || { cat "$WORK/long.log"; fail "no checkpoint on SIGTERM"; }
+checkpoint=$(ls -d "$WORK"/long/ckpt-*)
+[ -f "$checkpoint/COMPLETE" ] || fail "the SIGTERM checkpoint is incomplete"
+step=$((10#${checkpoint##*ckpt-}))
+launch/mpirun.sh -n 2 configs/micro/tiny-dijiang.yaml schedule.steps=$((step + 2)) checkpoint.every=100000 \
+  "checkpoint.dir=$WORK/long" --resume >"$WORK/resume.log" 2>&1 || { cat "$WORK/resume.log"; fail "resume"; }
+grep -q "resumed from .* at step $step" "$WORK/resume.log" || fail "did not resume at step $step"
+echo "ok: SIGTERM to mpirun checkpointed step $step, which resumed"
+
+bash -n launch/slurm.sbatch || fail "launch/slurm.sbatch does not parse"
+echo "ok: launch/slurm.sbatch parses"
