@@ -1,10 +1,17 @@
+// Matrix products: OpenBLAS in every build of the project. DIJIANG_NO_BLAS selects a portable
+// fallback instead (cache-blocked loops, OpenMP over rows) that exists only for the standalone
+// device-check build (tests/gpu/CMakeLists.txt), whose GPU machine has no BLAS; there it serves as
+// the CPU reference the CUDA kernels are compared with. The main build never defines it.
 #include "kernels/cpu/gemm.h"
 
+#ifndef DIJIANG_NO_BLAS
 #include <cblas.h>
+#endif
 
 #include <algorithm>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/core/error.h"
 
@@ -26,6 +33,71 @@ constexpr int64_t kColumnChunk = 64;
 // Elementwise work below this many values is not worth waking the thread team for.
 constexpr int64_t kParallelThreshold = 1 << 15;
 
+#ifdef DIJIANG_NO_BLAS
+// Fallback blocks: a kBlockK x kBlockN panel of op(B) (1 MiB in double) is packed row-major once
+// and then streamed by every row of C, so the inner loop is a contiguous axpy the compiler
+// vectorises. Each C element sums its products in increasing k, whatever the thread count.
+constexpr int64_t kBlockK = 256;
+constexpr int64_t kBlockN = 512;
+
+template <typename T>
+void gemm_fallback(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
+                   const T* B, T beta, T* C) {
+  // BLAS semantics: beta == 0 overwrites C (NaN in C does not survive), alpha == 0 or K == 0
+  // reads neither A nor B.
+  const double work = static_cast<double>(M) * static_cast<double>(N) *
+                      static_cast<double>(std::max<int64_t>(K, 1));
+  const bool parallel = work > static_cast<double>(kParallelThreshold);
+  if (beta != T(1)) {
+#pragma omp parallel for schedule(static) if (parallel)
+    for (int64_t i = 0; i < M; ++i) {
+      T* c = C + i * N;
+      if (beta == T(0))
+        std::fill(c, c + N, T(0));
+      else
+        for (int64_t j = 0; j < N; ++j) c[j] *= beta;
+    }
+  }
+  if (alpha == T(0) || K == 0) return;
+  std::vector<T> panel(static_cast<size_t>(std::min(K, kBlockK) * std::min(N, kBlockN)));
+  for (int64_t j0 = 0; j0 < N; j0 += kBlockN) {
+    const int64_t nb = std::min(kBlockN, N - j0);
+    for (int64_t k0 = 0; k0 < K; k0 += kBlockK) {
+      const int64_t kb = std::min(kBlockK, K - k0);
+      T* const packed = panel.data();
+#pragma omp parallel if (parallel)
+      {
+        // panel[kk, jj] = op(B)[k0 + kk, j0 + jj]; B is [K,N], or [N,K] when transposed (then
+        // read along its rows and written down the panel's columns).
+        if (trans_b) {
+#pragma omp for schedule(static)
+          for (int64_t jj = 0; jj < nb; ++jj) {
+            const T* column = B + (j0 + jj) * K + k0;
+            for (int64_t kk = 0; kk < kb; ++kk) packed[kk * nb + jj] = column[kk];
+          }
+        } else {
+#pragma omp for schedule(static)
+          for (int64_t kk = 0; kk < kb; ++kk)
+            std::copy(B + (k0 + kk) * N + j0, B + (k0 + kk) * N + j0 + nb, packed + kk * nb);
+        }
+        // C[i, j0:j0+nb] += alpha * op(A)[i, k0:k0+kb] * panel; A is [M,K], or [K,M] when
+        // transposed. (The implicit barrier of the loop above orders packing before use.)
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < M; ++i) {
+          T* c = C + i * N + j0;
+          for (int64_t kk = 0; kk < kb; ++kk) {
+            const int64_t k = k0 + kk;
+            const T a = alpha * (trans_a ? A[k * M + i] : A[i * K + k]);
+            const T* b = packed + kk * nb;
+            for (int64_t jj = 0; jj < nb; ++jj) c[jj] += a * b[jj];
+          }
+        }
+      }
+    }
+  }
+}
+#endif
+
 }  // namespace
 
 template <typename T>
@@ -35,6 +107,10 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
   const int n = blas_int(N, "N");
   const int k = blas_int(K, "K");
   if (m == 0 || n == 0) return;
+#ifdef DIJIANG_NO_BLAS
+  (void)k;
+  gemm_fallback<T>(trans_a, trans_b, M, N, K, alpha, A, B, beta, C);
+#else
   // Leading dimensions of the stored (not transposed) operands; BLAS demands at least 1 even
   // when the matrix is empty (K == 0).
   const int lda = std::max(1, trans_a ? m : k);
@@ -45,6 +121,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
     cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, n);
   else
     cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, n);
+#endif
 }
 
 template <typename T>
