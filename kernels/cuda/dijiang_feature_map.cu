@@ -1,0 +1,329 @@
+// DiJiang feature map on the GPU (shared/reference/dijiang.md, section 2 steps 3-4, section 4):
+// s = softmax(x · P) over the d features of each row, its backward, and the optional learned
+// per-head feature weights phi = w[h] ⊙ s.
+//
+// feature_map_forward / _backward: blocks of 8 warps; P (d x d fp32, zero-padded to DP = 64 or 128)
+// is staged once per block in shared memory, then every warp walks 16-row tiles of x on its own
+// (grid-stride, only __syncwarp inside the loop). Per tile: 16 x d rows by cp.async into the warp's
+// shared slot, one warp_mma 16 x DP x DP (bf16: P is split into hi + lo bf16 halves, two
+// mma.sync passes, so P keeps ~16 mantissa bits and z = x · P is fp32-accurate for bf16 x;
+// fp32: FFMA), the softmax on the accumulators (a row lives in the 4 lanes of a quad: max and sum
+// by two xor-shuffles), and the result staged in the same slot for 16-byte coalesced stores.
+// Shared memory: P 2 x 128 x 136 x 2 B = 68 KB + 8 x 4.3 KB (bf16, d = 128): 2 blocks per SM.
+// Registers: the 16 x DP accumulator tile (64 fp32 per thread at d = 128); ptxas ~128, no spills.
+// The backward forms dz = s ⊙ (ds − ⟨s, ds⟩) in fp32 (two lanes per row), rounds it to T for the
+// product dz · Pᵀ (B operand read transposed from the same P copy).
+// Cost: 2 d² FLOPs per row against 4 d bytes (bf16 in + out): 64 FLOP/B at d = 128 (128 with the
+// hi/lo split) — under the ~180 FLOP/B ridge, so the floor is the memory traffic (0.11 ms for
+// 2^20 rows of 128 at 4.8 TB/s).
+//
+// Feature weights: elementwise; the backward reduces dw[h] over the rows of head h per block
+// (fp32), then one atomicAdd per (block, feature).
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/dijiang_attention.h"
+#include "kernels/cuda/dijiang_attention_device.cuh"
+
+namespace dj::cuda {
+
+namespace {
+
+using namespace attn;
+
+constexpr int kFmWarps = 8;
+constexpr int kFmThreads = kFmWarps * 32;
+
+template <typename T, int DP>
+constexpr size_t fm_shared_bytes(bool backward, int warps) {
+  const size_t ld = DP + kPad<T>;
+  const size_t p_copies = kIsBf16<T> ? 2 : 1;
+  const size_t slots = backward ? 2 : 1;
+  return (p_copies * DP * ld + static_cast<size_t>(warps) * slots * 16 * ld) * sizeof(T);
+}
+
+// P (fp32 [d][d]) -> shared [DP][DP + pad], zero outside d x d; bf16 as hi and lo = P − hi.
+template <typename T, int DP>
+__device__ __forceinline__ void stage_projection(T* Ph, T* Pl, const float* P, int d) {
+  constexpr int LD = DP + kPad<T>;
+  for (int idx = static_cast<int>(threadIdx.x); idx < DP * DP; idx += static_cast<int>(blockDim.x)) {
+    const int k = idx / DP, j = idx - k * DP;
+    const float pv = (k < d && j < d) ? P[k * d + j] : 0.f;
+    if constexpr (kIsBf16<T>) {
+      const bf16 hi = __float2bfloat16_rn(pv);
+      Ph[k * LD + j] = hi;
+      Pl[k * LD + j] = __float2bfloat16_rn(pv - __bfloat162float(hi));
+    } else {
+      Ph[k * LD + j] = pv;
+      (void)Pl;
+    }
+  }
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(kFmThreads) feature_map_forward_kernel(T* s, const T* x, const float* P,
+                                                                         int64_t rows, int d, bool vec) {
+  constexpr int LD = DP + kPad<T>;
+  constexpr int NT = DP / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* Ph = reinterpret_cast<T*>(smem);
+  T* Pl = kIsBf16<T> ? Ph + DP * LD : Ph;
+  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+  T* X = (kIsBf16<T> ? Pl + DP * LD : Ph + DP * LD) + warp * 16 * LD;
+  stage_projection<T, DP>(Ph, Pl, P, d);
+  __syncthreads();
+
+  const int64_t tiles = (rows + 15) / 16;
+  const int64_t warps = blockDim.x >> 5;
+  for (int64_t tile = static_cast<int64_t>(blockIdx.x) * warps + warp; tile < tiles;
+       tile += static_cast<int64_t>(gridDim.x) * warps) {
+    const int64_t r0 = tile * 16;
+    const int rv = rows - r0 < 16 ? static_cast<int>(rows - r0) : 16;
+    load_tile(X, LD, x + r0 * d, d, 16, DP, rv, d, vec, lane, 32);
+    cp_async_wait_all();
+    __syncwarp();
+    float acc[1][NT][4];
+    acc_zero(acc);
+    warp_mma<T, 1, NT, false, false>(acc, X, LD, Ph, LD, 0, 0, 0, DP);
+    if constexpr (kIsBf16<T>) warp_mma<T, 1, NT, false, false>(acc, X, LD, Pl, LD, 0, 0, 0, DP);
+    // Softmax over the columns < d of rows g (half 0) and g + 8 (half 1).
+    float mx[2] = {-INFINITY, -INFINITY};
+    acc_pairs(acc, 0, 0, [&](int r, int c, float& v0, float& v1) {
+      if (c >= d) v0 = -INFINITY;
+      if (c + 1 >= d) v1 = -INFINITY;
+      mx[r >> 3] = fmaxf(mx[r >> 3], fmaxf(v0, v1));
+    });
+    float sum[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) {
+      mx[hf] = quad_max(mx[hf]);
+      sum[hf] = 0.f;
+    }
+    acc_pairs(acc, 0, 0, [&](int r, int, float& v0, float& v1) {
+      v0 = expf(v0 - mx[r >> 3]);
+      v1 = expf(v1 - mx[r >> 3]);
+      sum[r >> 3] += v0 + v1;
+    });
+    float inv[2];
+#pragma unroll
+    for (int hf = 0; hf < 2; ++hf) inv[hf] = 1.f / quad_sum(sum[hf]);
+    __syncwarp();  // every lane has read X
+    acc_pairs(acc, 0, 0, [&](int r, int c, float& v0, float& v1) {
+      store2(X + r * LD + c, v0 * inv[r >> 3], v1 * inv[r >> 3]);
+    });
+    __syncwarp();
+    store_tile(s + r0 * d, d, X, LD, rv, d, vec, lane, 32);
+    __syncwarp();  // the stores have read X before the next tile lands there
+  }
+}
+
+template <typename T, int DP>
+__global__ void __launch_bounds__(kFmThreads) feature_map_backward_kernel(T* dx, const T* ds, const T* s,
+                                                                          const float* P, int64_t rows, int d,
+                                                                          bool vec) {
+  constexpr int LD = DP + kPad<T>;
+  constexpr int NT = DP / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* Ph = reinterpret_cast<T*>(smem);
+  T* Pl = kIsBf16<T> ? Ph + DP * LD : Ph;
+  const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
+  T* Sx = (kIsBf16<T> ? Pl + DP * LD : Ph + DP * LD) + warp * 32 * LD;
+  T* Dx = Sx + 16 * LD;
+  stage_projection<T, DP>(Ph, Pl, P, d);
+  __syncthreads();
+
+  const int64_t tiles = (rows + 15) / 16;
+  const int64_t warps = blockDim.x >> 5;
+  for (int64_t tile = static_cast<int64_t>(blockIdx.x) * warps + warp; tile < tiles;
+       tile += static_cast<int64_t>(gridDim.x) * warps) {
+    const int64_t r0 = tile * 16;
+    const int rv = rows - r0 < 16 ? static_cast<int>(rows - r0) : 16;
+    load_tile(Sx, LD, s + r0 * d, d, 16, DP, rv, d, vec, lane, 32);
+    load_tile(Dx, LD, ds + r0 * d, d, 16, DP, rv, d, vec, lane, 32);
+    cp_async_wait_all();
+    __syncwarp();
+    // dz = s ⊙ (ds − ⟨s, ds⟩): lanes 2r and 2r + 1 share row r, half the columns each.
+    {
+      const int r = lane >> 1, c_begin = (lane & 1) * (DP / 2), c_end = c_begin + DP / 2;
+      float dot = 0.f;
+      for (int c = c_begin; c < c_end; ++c) dot += to_f(Sx[r * LD + c]) * to_f(Dx[r * LD + c]);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+      for (int c = c_begin; c < c_end; ++c) {
+        const float sv = to_f(Sx[r * LD + c]);
+        Dx[r * LD + c] = from_f<T>(sv * (to_f(Dx[r * LD + c]) - dot));
+      }
+    }
+    __syncwarp();
+    float acc[1][NT][4];
+    acc_zero(acc);
+    warp_mma<T, 1, NT, false, true>(acc, Dx, LD, Ph, LD, 0, 0, 0, DP);
+    if constexpr (kIsBf16<T>) warp_mma<T, 1, NT, false, true>(acc, Dx, LD, Pl, LD, 0, 0, 0, DP);
+    __syncwarp();
+    acc_pairs(acc, 0, 0, [&](int r, int c, float& v0, float& v1) { store2(Sx + r * LD + c, v0, v1); });
+    __syncwarp();
+    store_tile(dx + r0 * d, d, Sx, LD, rv, d, vec, lane, 32);
+    __syncwarp();
+  }
+}
+
+template <typename T>
+__global__ void feature_weights_forward_kernel(T* phi, const T* s, const float* w, int64_t total, int64_t n, int H,
+                                               int d) {
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = idx / d;
+    const int j = static_cast<int>(idx - row * d);
+    const int h = static_cast<int>((row / n) % H);
+    phi[idx] = from_f<T>(w[h * d + j] * to_f(s[idx]));
+  }
+}
+
+// Block (h, split): threads = (sub-row, feature j); rows of head h are q = 0 .. count_h * n − 1 with
+// bh = h + (q / n) H, i = q % n. ds may alias dphi (each element is read, then written, by one thread).
+template <typename T>
+__global__ void __launch_bounds__(256) feature_weights_backward_kernel(T* ds, float* dw, const T* dphi,
+                                                                       const T* s, const float* w, int64_t BH,
+                                                                       int H, int64_t n, int d) {
+  __shared__ float red[256];
+  const int h = static_cast<int>(blockIdx.x), tid = static_cast<int>(threadIdx.x);
+  const int rp = 256 / d, j = tid % d, sub = tid / d;
+  const int64_t count_h = (BH - h + H - 1) / H;
+  const int64_t head_rows = count_h * n;
+  const float wj = w[h * d + j];
+  float acc = 0.f;
+  if (sub < rp) {
+    for (int64_t q = static_cast<int64_t>(blockIdx.y) * rp + sub; q < head_rows;
+         q += static_cast<int64_t>(gridDim.y) * rp) {
+      const int64_t bh = h + (q / n) * H, i = q % n;
+      const int64_t at = (bh * n + i) * d + j;
+      const float g = to_f(dphi[at]);
+      acc += g * to_f(s[at]);
+      ds[at] = from_f<T>(wj * g);
+    }
+  }
+  red[tid] = acc;
+  __syncthreads();
+  if (sub == 0) {
+    for (int k = 1; k < rp; ++k) acc += red[k * d + j];
+    atomicAdd(dw + h * d + j, acc);
+  }
+}
+
+void check_rows(const char* op, int64_t rows, int64_t d) {
+  require(rows >= 0, op, "rows must be >= 0");
+  require(d >= 1 && d <= 128, op, "d must be in 1..128");
+}
+
+// Launch shape: 8 warps per block, 4 when that does not fit in shared memory (fp32, d > 64, backward
+// on sm_80); as many blocks as fit on the device at once, or fewer when there are fewer tiles.
+struct FmLaunch {
+  int warps = kFmWarps, blocks = 1;
+  size_t bytes = 0;
+};
+template <typename T, int DP, typename Kernel>
+FmLaunch fm_launch(Kernel* kernel, bool backward, int64_t rows, const char* op) {
+  FmLaunch l;
+  l.bytes = fm_shared_bytes<T, DP>(backward, l.warps);
+  if (l.bytes > max_shared_optin()) {
+    l.warps = kFmWarps / 2;
+    l.bytes = fm_shared_bytes<T, DP>(backward, l.warps);
+  }
+  require(l.bytes <= max_shared_optin(), op, "does not fit in shared memory");
+  allow_shared(kernel, l.bytes);
+  int per_sm = 0;
+  DJ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, l.warps * 32, l.bytes));
+  const int64_t tiles = (rows + 15) / 16;
+  const int64_t want = (tiles + l.warps - 1) / l.warps;
+  l.blocks = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(want, int64_t{std::max(per_sm, 1)} * sm_count())));
+  return l;
+}
+
+template <typename T, int DP>
+void launch_fm_forward(T* s, const T* x, const float* P, int64_t rows, int d, bool vec, cudaStream_t stream) {
+  auto kernel = feature_map_forward_kernel<T, DP>;
+  const FmLaunch l = fm_launch<T, DP>(kernel, false, rows, "feature_map_forward");
+  kernel<<<l.blocks, l.warps * 32, l.bytes, stream>>>(s, x, P, rows, d, vec);
+  check_launch("feature_map_forward");
+}
+
+template <typename T, int DP>
+void launch_fm_backward(T* dx, const T* ds, const T* s, const float* P, int64_t rows, int d, bool vec,
+                        cudaStream_t stream) {
+  auto kernel = feature_map_backward_kernel<T, DP>;
+  const FmLaunch l = fm_launch<T, DP>(kernel, true, rows, "feature_map_backward");
+  kernel<<<l.blocks, l.warps * 32, l.bytes, stream>>>(dx, ds, s, P, rows, d, vec);
+  check_launch("feature_map_backward");
+}
+
+}  // namespace
+
+template <typename T>
+void feature_map_forward(T* s, const T* x, const float* P, int64_t rows, int64_t d, cudaStream_t stream) {
+  check_rows("feature_map_forward", rows, d);
+  if (rows == 0) return;
+  const bool vec = d % kVec<T> == 0 && aligned16(s) && aligned16(x);
+  if (d <= 64)
+    launch_fm_forward<T, 64>(s, x, P, rows, static_cast<int>(d), vec, stream);
+  else
+    launch_fm_forward<T, 128>(s, x, P, rows, static_cast<int>(d), vec, stream);
+}
+
+template <typename T>
+void feature_map_backward(T* dx, const T* ds, const T* s, const float* P, int64_t rows, int64_t d,
+                          cudaStream_t stream) {
+  check_rows("feature_map_backward", rows, d);
+  if (rows == 0) return;
+  const bool vec = d % kVec<T> == 0 && aligned16(dx) && aligned16(ds) && aligned16(s);
+  if (d <= 64)
+    launch_fm_backward<T, 64>(dx, ds, s, P, rows, static_cast<int>(d), vec, stream);
+  else
+    launch_fm_backward<T, 128>(dx, ds, s, P, rows, static_cast<int>(d), vec, stream);
+}
+
+template <typename T>
+void feature_weights_forward(T* phi, const T* s, const float* w, int64_t BH, int64_t H, int64_t n, int64_t d,
+                             cudaStream_t stream) {
+  const char* op = "feature_weights_forward";
+  require(BH >= 0 && H >= 1 && n >= 0, op, "invalid shape");
+  require(d >= 1 && d <= 128, op, "d must be in 1..128");
+  const int64_t total = BH * n * d;
+  if (total == 0) return;
+  const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t{sm_count()} * 8);
+  feature_weights_forward_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
+      phi, s, w, total, n, static_cast<int>(H), static_cast<int>(d));
+  check_launch(op);
+}
+
+template <typename T>
+void feature_weights_backward(T* ds, float* dw, const T* dphi, const T* s, const float* w, int64_t BH, int64_t H,
+                              int64_t n, int64_t d, cudaStream_t stream) {
+  const char* op = "feature_weights_backward";
+  require(BH >= 0 && H >= 1 && n >= 0, op, "invalid shape");
+  require(d >= 1 && d <= 128, op, "d must be in 1..128");
+  require(H <= 65535, op, "H must be <= 65535");
+  if (BH * n == 0) return;
+  const int64_t heads_with_rows = std::min(H, BH);
+  const int64_t rows_per_head = (BH + H - 1) / H * n;
+  const int64_t rp = 256 / d;
+  const int64_t splits = std::max<int64_t>(
+      1, std::min<int64_t>({(rows_per_head + rp - 1) / rp, 65535, int64_t{sm_count()} * 4 / heads_with_rows + 1}));
+  const dim3 grid(static_cast<unsigned>(heads_with_rows), static_cast<unsigned>(splits));
+  feature_weights_backward_kernel<T><<<grid, 256, 0, stream>>>(ds, dw, dphi, s, w, BH, static_cast<int>(H), n,
+                                                               static_cast<int>(d));
+  check_launch(op);
+}
+
+#define DJ_INSTANTIATE(T)                                                                                       \
+  template void feature_map_forward<T>(T*, const T*, const float*, int64_t, int64_t, cudaStream_t);           \
+  template void feature_map_backward<T>(T*, const T*, const T*, const float*, int64_t, int64_t, cudaStream_t); \
+  template void feature_weights_forward<T>(T*, const T*, const float*, int64_t, int64_t, int64_t, int64_t,    \
+                                           cudaStream_t);                                                     \
+  template void feature_weights_backward<T>(T*, float*, const T*, const T*, const float*, int64_t, int64_t,   \
+                                            int64_t, int64_t, cudaStream_t);
+DJ_INSTANTIATE(float)
+DJ_INSTANTIATE(__nv_bfloat16)
+#undef DJ_INSTANTIATE
+
+}  // namespace dj::cuda
