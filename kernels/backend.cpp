@@ -34,7 +34,14 @@ void warn_about_generic_blas_kernels() {
                  suggestion);
 }
 
+BackendInfo& selection() {
+  static BackendInfo info{Backend::CPU, "CPU"};
+  return info;
+}
+
 }  // namespace
+
+const BackendInfo& selected_backend() { return selection(); }
 
 BackendInfo select_backend(const std::string& requested) {
   if (requested != "auto" && requested != "cpu")
@@ -42,7 +49,7 @@ BackendInfo select_backend(const std::string& requested) {
   static std::once_flag blas_once;
   std::call_once(blas_once, warn_about_generic_blas_kernels);
   BackendInfo info{Backend::CPU, cpu_description()};
-  if (requested == "cpu") return info;
+  if (requested == "cpu") return selection() = info;
 #ifdef DIJIANG_HAVE_CUDA
   static std::once_flag once;
   static cuda::DeviceProbe probe;
@@ -51,14 +58,17 @@ BackendInfo select_backend(const std::string& requested) {
     if (probe.device_count == 0)
       spdlog::warn("no usable CUDA device ({}); running on the CPU", probe.error);
     else
-      spdlog::info("CUDA device 0: {} (sm_{}{}); model ops of this build run on the CPU",
+      spdlog::info("CUDA device 0: {} (sm_{}{}); training runs on it, the other commands on the CPU",
                    probe.name, probe.compute_major, probe.compute_minor);
   });
+  if (probe.device_count > 0)
+    info = {Backend::CUDA, fmt::format("CUDA device 0: {} (sm_{}{})", probe.name, probe.compute_major,
+                                       probe.compute_minor)};
 #else
   static std::once_flag once;
   std::call_once(once, [] { spdlog::warn("built without the CUDA backend; running on the CPU"); });
 #endif
-  return info;
+  return selection() = info;
 }
 
 }  // namespace dj

@@ -13,7 +13,10 @@ struct BackendInfo {
 };
 
 // `requested` is "auto" or "cpu". "auto" probes for a CUDA device (once per process) and reports
-// what it found; the model ops of this build run on the CPU.
+// what it found: with one, training (`dijiang train`) runs on device 0; every other command runs
+// on the CPU.
 BackendInfo select_backend(const std::string& requested = "auto");
+// What the last select_backend() chose (the CPU before any call).
+const BackendInfo& selected_backend();
 
 }  // namespace dj

@@ -3,11 +3,12 @@
 #include <algorithm>
 
 #include "kernels/core/error.h"
+#include "trainer/model/gpt_neox_cuda.h"
 
 namespace dj {
 
-template <typename T>
-EvalResult evaluate_windows(GPTNeoX<T>& model, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch) {
+template <typename Model>
+EvalResult evaluate_windows(Model& model, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch) {
   if (seq_len < 2) fail("--seq-len must be at least 2, got {}", seq_len);
   const ModelConfig& c = model.config();
   for (size_t i = 0; i < ids.size(); ++i)
@@ -44,8 +45,12 @@ EvalResult evaluate_windows(const ModelSource& source, const std::vector<int32_t
   return evaluate_windows(model, ids, seq_len, batch);
 }
 
-template EvalResult evaluate_windows<float>(GPTNeoX<float>&, const std::vector<int32_t>&, int64_t, int64_t);
-template EvalResult evaluate_windows<double>(GPTNeoX<double>&, const std::vector<int32_t>&, int64_t, int64_t);
+template EvalResult evaluate_windows(GPTNeoX<float>&, const std::vector<int32_t>&, int64_t, int64_t);
+template EvalResult evaluate_windows(GPTNeoX<double>&, const std::vector<int32_t>&, int64_t, int64_t);
+#if DIJIANG_HAVE_CUDA
+template EvalResult evaluate_windows(GPTNeoXCuda<float>&, const std::vector<int32_t>&, int64_t, int64_t);
+template EvalResult evaluate_windows(GPTNeoXCuda<__nv_bfloat16>&, const std::vector<int32_t>&, int64_t, int64_t);
+#endif
 template EvalResult evaluate_windows<float>(const ModelSource&, const std::vector<int32_t>&, int64_t, int64_t);
 template EvalResult evaluate_windows<double>(const ModelSource&, const std::vector<int32_t>&, int64_t, int64_t);
 

@@ -18,9 +18,10 @@ struct EvalResult {
 // The stream is cut into windows of seq_len tokens; a trailing remainder of at least two tokens
 // forms one shorter window (a single leftover token predicts nothing and is dropped). Each window
 // is an independent sequence (positions restart at 0) predicting its tokens 1..n-1. Full windows
-// are evaluated `batch` at a time. Ids must lie below the model's vocabulary size.
-template <typename T>
-EvalResult evaluate_windows(GPTNeoX<T>& model, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch);
+// are evaluated `batch` at a time. Ids must lie below the model's vocabulary size. Model is
+// GPTNeoX<float or double>, or GPTNeoXCuda<float or bf16> in builds with the CUDA backend.
+template <typename Model>
+EvalResult evaluate_windows(Model& model, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch);
 
 // The same with a model built from `source`.
 template <typename T>

@@ -18,6 +18,7 @@
 #include <sys/resource.h>
 
 #include "comm/single_communicator.h"
+#include "kernels/backend.h"
 #include "kernels/core/error.h"
 #include "trainer/checkpoint/atomic_write.h"
 #include "trainer/checkpoint/flat_checkpoint.h"
@@ -30,6 +31,7 @@
 #include "trainer/model/source.h"
 #include "trainer/optim/adamw.h"
 #include "trainer/report/plot.h"
+#include "trainer/train/gpu_training.h"
 #include "trainer/train/sharded_state.h"
 #include "trainer/train/token_batches.h"
 
@@ -82,9 +84,13 @@ std::string duration_text(double seconds) {
 class Run {
  public:
   Run(const Experiment& e, comm::Communicator& comm, bool resume)
-      : e_(e), comm_(comm), rank_(comm.rank()), world_(comm.size()) {
-    if (e_.precision != "f32")
-      fail("precision {} needs the CUDA backend; the CPU trains in f32 (set precision: f32)", e_.precision);
+      : e_(e), comm_(comm), rank_(comm.rank()), world_(comm.size()),
+        on_gpu_(selected_backend().backend == Backend::CUDA) {
+    if (on_gpu_ && world_ > 1)
+      fail("training on several GPUs (NCCL) is not built yet; run one rank on a GPU, or pass --device cpu to "
+           "train on the CPUs of every rank");
+    if (!on_gpu_ && e_.precision != "f32")
+      fail("precision {} needs a CUDA device; the CPU trains in f32 (set precision: f32)", e_.precision);
     if (rank_ == 0) fs::create_directories(e_.out_dir);
     fs::path from;
     if (resume) {
@@ -102,7 +108,7 @@ class Run {
       source.metadata = reader->metadata();
       prepare_attention(source);
       make_state(source.config);
-      state_->load([&](const std::string& dataset, int64_t begin, int64_t end, float* out) {
+      load([&](const std::string& dataset, int64_t begin, int64_t end, float* out) {
         reader->read(dataset, begin, end, out);
       }, true);
       restore(source.metadata, from);
@@ -110,10 +116,10 @@ class Run {
       ModelSource source = from.empty() ? initial_source() : read_model_source(from);
       prepare_attention(source);
       make_state(source.config);
-      const ParameterLayout& layout = model_->layout();
+      const ParameterLayout& layout = layout_;
       check_tensors(layout, source.config, source.tensors, source.path.string());
       if (!from.empty()) check_optimizer_state(source, from);
-      state_->load([&](const std::string& dataset, int64_t begin, int64_t end, float* out) {
+      load([&](const std::string& dataset, int64_t begin, int64_t end, float* out) {
         const TensorMap& map = dataset == kFlatParameters ? source.tensors : source.optimizer_state;
         const std::string prefix = dataset == kFlatParameters ? "" : dataset + ".";
         for (const auto& view : layout.views()) {
@@ -147,7 +153,7 @@ class Run {
 
   TrainOutcome run(int64_t stop_after) {
     StopSignals signals;
-    const ModelConfig& c = model_->config();
+    const ModelConfig& c = config_;
     const int64_t global = e_.sequences_per_step(), T = batches_->sample_tokens();
     // This rank's slice of every global batch, cut into the same number of micro-batches on
     // every rank (collectives run inside each backward); a rank with fewer sequences than
@@ -160,6 +166,7 @@ class Run {
                  static_cast<double>(trained_values_) / 1e6);
     spdlog::info("data: {} samples of {} tokens; {} sequences ({} tokens) per step; steps {} -> {}",
                  batches_->samples(), T, global, e_.tokens_per_step(), step_, e_.steps);
+    if (on_gpu_) spdlog::info("training on {} in {}", selected_backend().description, e_.precision);
     if (world_ > 1) {
       spdlog::info("distributed: {} ranks ({}), ZeRO stage {}; {}-{} sequences per rank in {} micro-batches", world_,
                    comm_.backend(), e_.zero_stage, global / world_, largest, micro_batches);
@@ -177,29 +184,37 @@ class Run {
       batches_->next_slice(batch.data(), global, lo, hi, cursor_);
       // Streamed data is checked as it arrives; in-memory data was checked once at start.
       if (batches_->streamed()) check_vocabulary(batch, e_.train_tokens);
-      state_->start_step();
       // {weighted loss, stop requested}: summed over ranks, so every rank decides alike.
       double shared[2] = {0.0, stop_requested.load() ? 1.0 : 0.0};
+      if (gpu_) gpu_->start_step();
+      else state_->start_step();
       for (int64_t k = 0; k < micro_batches; ++k) {
         const int64_t a = local * k / micro_batches, b = local * (k + 1) / micro_batches;
-        state_->start_micro_batch(k == 0, k + 1 == micro_batches);
-        if (b > a) {
-          // The gradient of the global mean loss: this micro-batch's mean weighted by its share.
-          const double weight = static_cast<double>(b - a) / static_cast<double>(global);
-          shared[0] += weight * model_->forward(batch.data() + a * T, b - a, T, true, weight);
-        } else {
-          model_->forward(batch.data(), 1, T, true, 0.0);
+        // The gradient of the global mean loss: this micro-batch's mean weighted by its share.
+        const double weight = static_cast<double>(b - a) / static_cast<double>(global);
+        if (gpu_) {
+          shared[0] += gpu_->micro_batch(batch.data() + a * T, b - a, T, weight);
+          continue;
         }
+        state_->start_micro_batch(k == 0, k + 1 == micro_batches);
+        if (b > a)
+          shared[0] += weight * model_->forward(batch.data() + a * T, b - a, T, true, weight);
+        else
+          model_->forward(batch.data(), 1, T, true, 0.0);
         model_->backward();
       }
-      state_->finish_gradients();
+      float* grads = nullptr;
+      int64_t n = 0;
+      if (!gpu_) {
+        state_->finish_gradients();
+        grads = state_->update_gradients();
+        n = state_->update_count();
+        for (int64_t i = 0; i < n; ++i)
+          if (!update_[static_cast<size_t>(i)]) grads[i] = 0.0f;
+      }
       comm_.all_reduce_host(shared, 2);
       const double loss = shared[0];
-      float* grads = state_->update_gradients();
-      const int64_t n = state_->update_count();
-      for (int64_t i = 0; i < n; ++i)
-        if (!update_[static_cast<size_t>(i)]) grads[i] = 0.0f;
-      const double norm = std::sqrt(state_->gradient_sum_of_squares());
+      const double norm = std::sqrt(gpu_ ? gpu_->gradient_sum_of_squares() : state_->gradient_sum_of_squares());
       const double lr = learning_rate(step_, e_.lr, e_.min_lr, e_.warmup, e_.steps);
       if (!std::isfinite(loss) || !std::isfinite(norm)) {
         ++bad_steps_;
@@ -207,10 +222,16 @@ class Run {
                      std::isfinite(loss) ? "gradient norm" : "loss", std::isfinite(loss) ? norm : loss, bad_steps_);
       } else {
         bad_steps_ = 0;
-        if (e_.grad_clip > 0) clip_by_global_norm(grads, n, norm, e_.grad_clip);
-        adamw_step(state_->update_parameters(), state_->m(), state_->v(), grads, decay_.data(), update_.data(), n,
-                   step_ + 1, lr, AdamWConfig{e_.beta1, e_.beta2, e_.eps, e_.weight_decay});
-        state_->finish_update();
+        const AdamWConfig adamw{e_.beta1, e_.beta2, e_.eps, e_.weight_decay};
+        if (gpu_) {
+          if (e_.grad_clip > 0) gpu_->clip(norm, e_.grad_clip);
+          gpu_->update(step_ + 1, lr, adamw);
+        } else {
+          if (e_.grad_clip > 0) clip_by_global_norm(grads, n, norm, e_.grad_clip);
+          adamw_step(state_->update_parameters(), state_->m(), state_->v(), grads, decay_.data(), update_.data(), n,
+                     step_ + 1, lr, adamw);
+          state_->finish_update();
+        }
       }
       ++step_;
       const double step_seconds =
@@ -295,15 +316,32 @@ class Run {
 
   // The model with its parameters, gradients and moments in a ShardedState of the experiment's
   // ZeRO stage; the update masks cover the range this rank updates.
+  // On a GPU the whole state lives on the device instead (GpuTraining), one rank.
   void make_state(const ModelConfig& config) {
-    model_ = std::make_unique<GPTNeoX<float>>(config);
-    state_ = std::make_unique<ShardedState>(comm_, static_cast<int>(e_.zero_stage), model_->segments());
-    model_->use_storage(state_.get());
+    config_ = config;
+    layout_ = ParameterLayout::gpt_neox(config);
+    if (on_gpu_) {
+      gpu_ = make_gpu_training(config, e_.precision);
+    } else {
+      model_ = std::make_unique<GPTNeoX<float>>(config);
+      state_ = std::make_unique<ShardedState>(comm_, static_cast<int>(e_.zero_stage), model_->segments());
+      model_->use_storage(state_.get());
+    }
     build_masks();
+    if (gpu_) gpu_->set_masks(decay_, update_);
   }
 
+  void load(const ShardedState::Reader& read, bool with_moments) {
+    if (gpu_) gpu_->load(read, with_moments);
+    else state_->load(read, with_moments);
+  }
+
+  // The range of the flat buffers this rank updates.
+  int64_t update_begin() const { return gpu_ ? 0 : state_->update_begin(); }
+  int64_t update_end() const { return gpu_ ? layout_.total() : state_->update_end(); }
+
   void check_optimizer_state(const ModelSource& source, const fs::path& from) const {
-    for (const auto& view : model_->layout().views())
+    for (const auto& view : layout_.views())
       for (const char* prefix : {"optimizer.m.", "optimizer.v."}) {
         const auto it = source.optimizer_state.find(prefix + view.name);
         if (it == source.optimizer_state.end() || it->second.shape() != view.shape || it->second.dtype() != DType::F32)
@@ -312,11 +350,11 @@ class Run {
   }
 
   void build_masks() {
-    const int64_t begin = state_->update_begin(), end = state_->update_end();
+    const int64_t begin = update_begin(), end = update_end();
     decay_.assign(static_cast<size_t>(end - begin), 0);
     update_.assign(decay_.size(), 0);
     trained_values_ = 0;
-    for (const auto& view : model_->layout().views()) {
+    for (const auto& view : layout_.views()) {
       // Pythia decays matrices (embeddings included), not biases, norms or other 1-D tensors.
       const bool decay = view.shape.size() >= 2;
       bool train = view.trainable;
@@ -331,7 +369,7 @@ class Run {
   }
 
   void check_vocabulary(const std::vector<int32_t>& tokens, const std::string& file) const {
-    const int64_t vocab = model_->config().vocab_size;
+    const int64_t vocab = config_.vocab_size;
     for (size_t i = 0; i < tokens.size(); ++i)
       if (tokens[i] >= vocab) fail("{}: token id {} at index {} is not below the model's vocab_size {}", file, tokens[i], i, vocab);
   }
@@ -353,7 +391,8 @@ class Run {
   void validate() {
     if (valid_.size() < 2) return;
     const comm::Traffic before = comm_.traffic();
-    const EvalResult r = evaluate_windows(*model_, valid_, e_.seq_len + 1, e_.micro_batch);
+    const EvalResult r = gpu_ ? gpu_->evaluate(valid_, e_.seq_len + 1, e_.micro_batch)
+                              : evaluate_windows(*model_, valid_, e_.seq_len + 1, e_.micro_batch);
     // Stage 3 gathers parameters for validation too; the per-step report counts training only.
     const comm::Traffic& after = comm_.traffic();
     validation_traffic_.all_gather += after.all_gather - before.all_gather;
@@ -381,17 +420,22 @@ class Run {
     const fs::path dir(e_.out_dir);
     if (world_ == 1) {
       NativeCheckpoint checkpoint;
-      checkpoint.config = model_->config().to_hf_json();
+      checkpoint.config = config_.to_hf_json();
       checkpoint.metadata = metadata();
-      for (const auto& view : model_->layout().views()) {
+      std::vector<float> params, m, v;
+      if (gpu_) gpu_->download(params, m, v);
+      const float* owned_params = gpu_ ? params.data() : state_->owned_parameters();
+      const float* owned_m = gpu_ ? m.data() : state_->owned_m();
+      const float* owned_v = gpu_ ? v.data() : state_->owned_v();
+      for (const auto& view : layout_.views()) {
         const auto part = [&](const float* flat) {
           Tensor t(DType::F32, view.shape);
           std::memcpy(t.bytes(), flat + view.offset, t.nbytes());
           return t;
         };
-        checkpoint.tensors.emplace(view.name, part(state_->owned_parameters()));
-        checkpoint.tensors.emplace("optimizer.m." + view.name, part(state_->owned_m()));
-        checkpoint.tensors.emplace("optimizer.v." + view.name, part(state_->owned_v()));
+        checkpoint.tensors.emplace(view.name, part(owned_params));
+        checkpoint.tensors.emplace("optimizer.m." + view.name, part(owned_m));
+        checkpoint.tensors.emplace("optimizer.v." + view.name, part(owned_v));
       }
       const fs::path path = dir / fmt::format("ckpt-{:08d}.h5", step_);
       write_native_checkpoint(path, checkpoint);
@@ -411,7 +455,7 @@ class Run {
     }
     comm_.agree(error);
     FlatShardHeader header{rank_, world_, state_->owned_begin(), state_->owned_end(), state_->total(),
-                           model_->config().to_hf_json(), metadata()};
+                           config_.to_hf_json(), metadata()};
     error.clear();
     try {
       write_flat_shard(staging, header, state_->owned_parameters(), state_->owned_m(), state_->owned_v());
@@ -486,6 +530,10 @@ class Run {
   // the peak resident memory of the process, and the communication of an average step. Rank 0
   // logs the table and writes it to resources.json in the output directory.
   void report_resources(int64_t first_step) {
+    if (gpu_) {
+      spdlog::info("resources: {}", gpu_->memory_report());
+      return;
+    }
     const int64_t steps = std::max<int64_t>(1, step_ - first_step);
     rusage usage{};
     getrusage(RUSAGE_SELF, &usage);
@@ -531,8 +579,13 @@ class Run {
   comm::Communicator& comm_;
   const int rank_, world_;
   const bool progress_on_terminal_ = isatty(STDERR_FILENO) != 0;
+  const bool on_gpu_;
+  ModelConfig config_;
+  ParameterLayout layout_;
+  // The CPU's model on its sharded state, or the whole state on a GPU.
   std::unique_ptr<GPTNeoX<float>> model_;
   std::unique_ptr<ShardedState> state_;
+  std::unique_ptr<GpuTraining> gpu_;
   std::vector<uint8_t> decay_, update_;  // over the range this rank updates
   int64_t trained_values_ = 0;
   std::unique_ptr<TokenBatches> batches_;
