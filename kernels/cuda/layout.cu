@@ -1,26 +1,15 @@
 // One thread per value; the index arithmetic maps each destination value to its source, so reads
 // of a head's d values stay contiguous (coalesced) on both sides.
-#include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/layout.h"
+
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/ops_device.cuh"
 
 namespace dj::cuda {
 
 namespace {
 
 constexpr int kThreads = 256;
-
-__device__ __forceinline__ float f32(float v) { return v; }
-__device__ __forceinline__ float f32(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T>
-__device__ __forceinline__ T store(float v);
-template <>
-__device__ __forceinline__ float store<float>(float v) {
-  return v;
-}
-template <>
-__device__ __forceinline__ __nv_bfloat16 store<__nv_bfloat16>(float v) {
-  return __float2bfloat16_rn(v);
-}
 
 unsigned blocks_for(int64_t n) { return static_cast<unsigned>((n + kThreads - 1) / kThreads); }
 
@@ -73,13 +62,13 @@ __global__ void split_heads_kernel(T* heads, const T* merged, int64_t n, int64_t
 template <typename T>
 __global__ void add_kernel(T* out, const T* a, const T* b, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = store<T>(f32(a[i]) + f32(b[i]));
+  if (i < n) out[i] = detail::from_f32<T>(detail::to_f32(a[i]) + detail::to_f32(b[i]));
 }
 
 template <typename T>
 __global__ void add3_kernel(T* out, const T* x, const T* b, const T* c, int64_t n) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = store<T>(f32(x[i]) + (f32(b[i]) + f32(c[i])));
+  if (i < n) out[i] = detail::from_f32<T>(detail::to_f32(x[i]) + (detail::to_f32(b[i]) + detail::to_f32(c[i])));
 }
 
 }  // namespace
