@@ -27,11 +27,14 @@ close "$(json_field "$native" loss)" "$(json_field "$exact" loss)" 1e-6 || die "
 [ "$(loss "$WORK/dj-other.h5")" != "$native" ] || die "the seed does not change the sampled features"
 
 "$DIJIANG" -q export --from "$WORK/dj.h5" --to "$WORK/exported" --format hf
-head -c 20000 "$WORK/exported/model.safetensors" | grep -aq '"gpt_neox.layers.1.attention.D1":{"dtype":"F32","shape":\[1,8,128,1\]' \
+# The safetensors header, read whole first: `head | grep -q` would fail under pipefail whenever
+# grep exits before head has written everything (SIGPIPE).
+header=$(head -c 20000 "$WORK/exported/model.safetensors" | tr -d '\0')
+grep -aq '"gpt_neox.layers.1.attention.D1":{"dtype":"F32","shape":\[1,8,128,1\]' <<<"$header" \
   || die "export lacks the D1 table"
-head -c 20000 "$WORK/exported/model.safetensors" | grep -aq '"gpt_neox.layers.0.attention.proj_matrix":{"dtype":"F32","shape":\[8,8\]' \
+grep -aq '"gpt_neox.layers.0.attention.proj_matrix":{"dtype":"F32","shape":\[8,8\]' <<<"$header" \
   || die "export lacks proj_matrix"
-head -c 20000 "$WORK/exported/model.safetensors" | grep -aq 'log_gamma' && die "export leaks the native log_gamma"
+grep -aq 'log_gamma' <<<"$header" && die "export leaks the native log_gamma"
 exported=$(loss "$WORK/exported")
 close "$(json_field "$exported" loss)" "$(json_field "$native" loss)" 1e-6 || die "export round trip: $exported vs $native"
 
