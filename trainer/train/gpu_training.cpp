@@ -9,18 +9,31 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/ops.h"
 #include "trainer/model/gpt_neox_cuda.h"
+#if DIJIANG_HAVE_NCCL
+#include "comm/nccl/nccl_communicator.h"
 #endif
+#endif
+
+#include <cstdlib>
 
 namespace dj {
 
 #if DIJIANG_HAVE_CUDA
 namespace {
 
+// The node-local rank the launcher gives (Open MPI, Slurm, MPICH/Hydra), or 0.
+int local_rank() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"})
+    if (const char* value = std::getenv(name)) return std::atoi(value);
+  return 0;
+}
+
 template <typename T>
 class CudaTraining final : public GpuTraining {
  public:
-  explicit CudaTraining(const ModelConfig& config)
-      : model_(config, nullptr),
+  CudaTraining(const ModelConfig& config, std::unique_ptr<comm::Communicator> nccl)
+      : nccl_(std::move(nccl)),
+        model_(config, nullptr),
         m_(static_cast<size_t>(model_.layout().total())),
         v_(static_cast<size_t>(model_.layout().total())),
         decay_(static_cast<size_t>(model_.layout().total())),
@@ -68,6 +81,10 @@ class CudaTraining final : public GpuTraining {
     return weight * loss;
   }
 
+  void finish_gradients() override {
+    if (nccl_) nccl_->all_reduce(model_.gradients(), total(), "gradient all-reduce");
+  }
+
   double gradient_sum_of_squares() override {
     for (const auto& [begin, end] : frozen_)
       DJ_CUDA_CHECK(cudaMemsetAsync(model_.gradients() + begin, 0, static_cast<size_t>(end - begin) * sizeof(float),
@@ -110,6 +127,7 @@ class CudaTraining final : public GpuTraining {
     DJ_CUDA_CHECK(cudaMemcpy(device, host, count * sizeof(U), cudaMemcpyHostToDevice));
   }
 
+  std::unique_ptr<comm::Communicator> nccl_;  // several ranks only; made before the model's memory
   GPTNeoXCuda<T> model_;
   DeviceArray<float> m_, v_;
   DeviceArray<uint8_t> decay_, update_;
@@ -118,15 +136,29 @@ class CudaTraining final : public GpuTraining {
 
 }  // namespace
 
-std::unique_ptr<GpuTraining> make_gpu_training(const ModelConfig& config, const std::string& precision) {
-  if (precision == "bf16") return std::make_unique<CudaTraining<__nv_bfloat16>>(config);
-  if (precision == "f32") return std::make_unique<CudaTraining<float>>(config);
-  fail("precision {}: expected f32 or bf16", precision);
+std::unique_ptr<GpuTraining> make_gpu_training(const ModelConfig& config, const std::string& precision,
+                                               comm::Communicator& host) {
+  if (precision != "bf16" && precision != "f32") fail("precision {}: expected f32 or bf16", precision);
+  int devices = 0;
+  DJ_CUDA_CHECK(cudaGetDeviceCount(&devices));
+  const int device = host.size() > 1 ? local_rank() % devices : 0;
+  DJ_CUDA_CHECK(cudaSetDevice(device));
+  std::unique_ptr<comm::Communicator> nccl;
+  if (host.size() > 1) {
+#if DIJIANG_HAVE_NCCL
+    nccl = comm::make_nccl_communicator(host, device);
+    nccl->set_timeout_seconds(host.timeout_seconds());
+#else
+    fail("training on several GPUs needs NCCL, and this build has none");
+#endif
+  }
+  if (precision == "bf16") return std::make_unique<CudaTraining<__nv_bfloat16>>(config, std::move(nccl));
+  return std::make_unique<CudaTraining<float>>(config, std::move(nccl));
 }
 
 #else
 
-std::unique_ptr<GpuTraining> make_gpu_training(const ModelConfig&, const std::string&) {
+std::unique_ptr<GpuTraining> make_gpu_training(const ModelConfig&, const std::string&, comm::Communicator&) {
   fail("this build of dijiang has no CUDA backend");
 }
 

@@ -1,9 +1,12 @@
-// Training state on one CUDA device: the model (bf16 or fp32 activations and products), fp32
+// Training state on a CUDA device: the model (bf16 or fp32 activations and products), fp32
 // master weights, gradients and AdamW moments, all on the device; the trainer drives it exactly
 // as it drives the CPU's ShardedState, and checkpoints hold the same tensors either way, so a
-// checkpoint written on one backend resumes on the other.
+// checkpoint written on one backend resumes on the other. With several ranks, each drives the GPU
+// of its local rank and the gradients are all-reduced over NCCL after the step's last micro-batch
+// (data parallelism, ZeRO stage 0).
 //
-// Built with the CUDA backend only; make_gpu_training() says so otherwise.
+// Built with the CUDA backend only (and NCCL for several ranks); make_gpu_training() says so
+// otherwise.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -11,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "trainer/model/config.h"
 #include "trainer/model/evaluate.h"
 #include "trainer/optim/adamw.h"
@@ -33,6 +37,8 @@ class GpuTraining {
   // Forward and backward of `count` sequences of `tokens` ids (host memory); the gradient is that
   // of weight × their mean loss, added to the step's. Returns weight × the mean loss.
   virtual double micro_batch(const int32_t* ids, int64_t count, int64_t tokens, double weight) = 0;
+  // Sums the gradients of every rank (NCCL); nothing to do alone.
+  virtual void finish_gradients() = 0;
   // Σ g² over the trained values (frozen gradients are zeroed first, as on the CPU).
   virtual double gradient_sum_of_squares() = 0;
   virtual void clip(double norm, double max_norm) = 0;
@@ -45,7 +51,9 @@ class GpuTraining {
   virtual std::string memory_report() const = 0;
 };
 
-// precision: "f32" or "bf16".
-std::unique_ptr<GpuTraining> make_gpu_training(const ModelConfig& config, const std::string& precision);
+// precision: "f32" or "bf16". `host` is the job's communicator: alone, device 0 is used; with
+// several ranks, device (local rank mod devices on the node) and an NCCL communicator over `host`.
+std::unique_ptr<GpuTraining> make_gpu_training(const ModelConfig& config, const std::string& precision,
+                                               comm::Communicator& host);
 
 }  // namespace dj

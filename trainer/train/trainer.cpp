@@ -86,9 +86,9 @@ class Run {
   Run(const Experiment& e, comm::Communicator& comm, bool resume)
       : e_(e), comm_(comm), rank_(comm.rank()), world_(comm.size()),
         on_gpu_(selected_backend().backend == Backend::CUDA) {
-    if (on_gpu_ && world_ > 1)
-      fail("training on several GPUs (NCCL) is not built yet; run one rank on a GPU, or pass --device cpu to "
-           "train on the CPUs of every rank");
+    if (on_gpu_ && world_ > 1 && e_.zero_stage != 0)
+      fail("ZeRO stage {} on GPUs is not built yet: several GPUs train data-parallel (distributed.zero_stage: 0, "
+           "gradients all-reduced over NCCL); stages 1-3 run on CPUs (--device cpu)", e_.zero_stage);
     if (!on_gpu_ && e_.precision != "f32")
       fail("precision {} needs a CUDA device; the CPU trains in f32 (set precision: f32)", e_.precision);
     if (rank_ == 0) fs::create_directories(e_.out_dir);
@@ -193,7 +193,8 @@ class Run {
         // The gradient of the global mean loss: this micro-batch's mean weighted by its share.
         const double weight = static_cast<double>(b - a) / static_cast<double>(global);
         if (gpu_) {
-          shared[0] += gpu_->micro_batch(batch.data() + a * T, b - a, T, weight);
+          // Gradients are summed once per step, so a rank with fewer sequences just runs fewer passes.
+          if (b > a) shared[0] += gpu_->micro_batch(batch.data() + a * T, b - a, T, weight);
           continue;
         }
         state_->start_micro_batch(k == 0, k + 1 == micro_batches);
@@ -205,7 +206,9 @@ class Run {
       }
       float* grads = nullptr;
       int64_t n = 0;
-      if (!gpu_) {
+      if (gpu_) {
+        gpu_->finish_gradients();
+      } else {
         state_->finish_gradients();
         grads = state_->update_gradients();
         n = state_->update_count();
@@ -321,7 +324,7 @@ class Run {
     config_ = config;
     layout_ = ParameterLayout::gpt_neox(config);
     if (on_gpu_) {
-      gpu_ = make_gpu_training(config, e_.precision);
+      gpu_ = make_gpu_training(config, e_.precision, comm_);
     } else {
       model_ = std::make_unique<GPTNeoX<float>>(config);
       state_ = std::make_unique<ShardedState>(comm_, static_cast<int>(e_.zero_stage), model_->segments());
@@ -454,11 +457,17 @@ class Run {
       }
     }
     comm_.agree(error);
-    FlatShardHeader header{rank_, world_, state_->owned_begin(), state_->owned_end(), state_->total(),
-                           config_.to_hf_json(), metadata()};
+    // Every rank's slice of the flat buffers (on GPUs each rank holds everything: its slice of it).
+    const auto [begin, end] = flat_shard_range(layout_.total(), rank_, world_);
+    std::vector<float> params, m, v;
+    if (gpu_) gpu_->download(params, m, v);
+    FlatShardHeader header{rank_, world_, begin, end, layout_.total(), config_.to_hf_json(), metadata()};
     error.clear();
     try {
-      write_flat_shard(staging, header, state_->owned_parameters(), state_->owned_m(), state_->owned_v());
+      if (gpu_)
+        write_flat_shard(staging, header, params.data() + begin, m.data() + begin, v.data() + begin);
+      else
+        write_flat_shard(staging, header, state_->owned_parameters(), state_->owned_m(), state_->owned_v());
     } catch (const Error& e) {
       error = e.what();
     }
@@ -618,6 +627,8 @@ TrainOutcome train(const Experiment& experiment, bool resume, int64_t stop_after
   std::string error;
   try {
     run = std::make_unique<Run>(experiment, *comm, resume);
+  } catch (const comm::JobError&) {
+    throw;  // already agreed on (inside the setup, e.g. by the NCCL communicator)
   } catch (const Error& e) {
     error = e.what();
   }
