@@ -13,9 +13,12 @@
 # Open MPI's format ("node1 slots=8" per line), the project checked out and built at the same
 # path on every node (or on a shared file system), and checkpoint.dir on a file system all nodes
 # share. Extra mpirun options go in MPIRUN_ARGS (e.g. "--mca btl_tcp_if_include eth0").
+# SIGTERM or SIGINT (Ctrl-C) to this script makes every rank write a checkpoint and stop: it sends
+# SIGUSR1 to mpirun, which forwards it to the ranks. (mpirun itself answers SIGTERM by killing the
+# ranks a second later, too soon for a checkpoint.)
 # Set DIJIANG to a built binary to skip the set-up (packages and build) that runs otherwise.
 set -euo pipefail
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 ranks="" hostfile=""
 while [ $# -gt 0 ]; do
@@ -49,5 +52,16 @@ export OMP_NUM_THREADS="$threads"
 args+=(-x OMP_NUM_THREADS)
 [ -z "${OPENBLAS_CORETYPE:-}" ] || args+=(-x OPENBLAS_CORETYPE)
 echo "launch: $ranks ranks${hostfile:+ from $hostfile}, $threads threads each" >&2
+# mpirun runs in a session of its own, so that Ctrl-C reaches only this script, which stops the
+# ranks gracefully.
 # shellcheck disable=SC2086
-exec mpirun "${args[@]}" ${MPIRUN_ARGS:-} "$DIJIANG" train "$@"
+setsid mpirun "${args[@]}" ${MPIRUN_ARGS:-} "$DIJIANG" train "$@" &
+job=$!
+trap 'kill -USR1 "$job" 2>/dev/null' TERM INT
+status=0
+while :; do
+  wait "$job" && status=0 || status=$?
+  # A trapped signal interrupts wait with a status above 128 while mpirun still runs.
+  kill -0 "$job" 2>/dev/null || break
+done
+exit "$status"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The launch scripts: launch/mpirun.sh runs a 2-rank job and refuses bad arguments; SIGTERM to
-# mpirun (what a scheduler sends at the time limit) leaves a complete checkpoint that resumes;
+# The launch scripts: launch/mpirun.sh runs a 2-rank job and refuses bad arguments; SIGTERM to it
+# (what a scheduler sends at the time limit) stops every rank with a complete checkpoint that
+# resumes, and the job exits 0;
 # launch/slurm.sbatch parses (there is no Slurm here to run it).
 # Usage: launch.sh DIJIANG SOURCE_DIR
 set -euo pipefail
@@ -34,8 +35,10 @@ for _ in $(seq 600); do
   [ -s "$WORK/long/metrics.jsonl" ] && [ "$(wc -l <"$WORK/long/metrics.jsonl")" -ge 3 ] && break
   sleep 0.1
 done
-pkill -TERM -f "mpirun .*checkpoint.dir=$WORK/long"
-wait "$job" || true
+kill -TERM "$job"
+status=0
+wait "$job" || status=$?
+[ "$status" -eq 0 ] || { cat "$WORK/long.log"; fail "exit status $status after SIGTERM"; }
 grep -q "stop requested: checkpoint" "$WORK/long.log" || { cat "$WORK/long.log"; fail "no checkpoint on SIGTERM"; }
 checkpoint=$(ls -d "$WORK"/long/ckpt-*)
 [ -f "$checkpoint/COMPLETE" ] || fail "the SIGTERM checkpoint is incomplete"
@@ -43,7 +46,7 @@ step=$((10#${checkpoint##*ckpt-}))
 launch/mpirun.sh -n 2 configs/micro/tiny-dijiang.yaml schedule.steps=$((step + 2)) checkpoint.every=100000 \
   "checkpoint.dir=$WORK/long" --resume >"$WORK/resume.log" 2>&1 || { cat "$WORK/resume.log"; fail "resume"; }
 grep -q "resumed from .* at step $step" "$WORK/resume.log" || fail "did not resume at step $step"
-echo "ok: SIGTERM to mpirun checkpointed step $step, which resumed"
+echo "ok: SIGTERM to launch/mpirun.sh checkpointed step $step, which resumed"
 
 bash -n launch/slurm.sbatch || fail "launch/slurm.sbatch does not parse"
 echo "ok: launch/slurm.sbatch parses"

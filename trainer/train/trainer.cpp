@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -44,7 +45,9 @@ namespace {
 std::atomic<bool> stop_requested{false};
 extern "C" void on_stop_signal(int) { stop_requested = true; }
 
-// Installs SIGINT/SIGTERM handlers for the lifetime of a run and restores the previous ones.
+// Installs the stop handlers for the lifetime of a run and restores the previous ones: SIGINT and
+// SIGTERM, and SIGUSR1, which mpirun forwards to every rank (SIGTERM to mpirun instead kills the
+// ranks after a second, too soon for a checkpoint; launch/mpirun.sh turns it into SIGUSR1).
 class StopSignals {
  public:
   StopSignals() {
@@ -52,18 +55,17 @@ class StopSignals {
     struct sigaction action {};
     action.sa_handler = on_stop_signal;
     sigemptyset(&action.sa_mask);
-    sigaction(SIGINT, &action, &previous_int_);
-    sigaction(SIGTERM, &action, &previous_term_);
+    for (size_t i = 0; i < kSignals.size(); ++i) sigaction(kSignals[i], &action, &previous_[i]);
   }
   ~StopSignals() {
-    sigaction(SIGINT, &previous_int_, nullptr);
-    sigaction(SIGTERM, &previous_term_, nullptr);
+    for (size_t i = 0; i < kSignals.size(); ++i) sigaction(kSignals[i], &previous_[i], nullptr);
   }
   StopSignals(const StopSignals&) = delete;
   StopSignals& operator=(const StopSignals&) = delete;
 
  private:
-  struct sigaction previous_int_ {}, previous_term_ {};
+  static constexpr std::array<int, 3> kSignals = {SIGINT, SIGTERM, SIGUSR1};
+  std::array<struct sigaction, 3> previous_{};
 };
 
 // ckpt-<step>.h5 from one process, ckpt-<step>/ (a flat checkpoint, one file per rank) from several.
