@@ -2,7 +2,7 @@
 # Data parallelism is invisible in the numbers: for each ZeRO stage, 10 steps on NP ranks give the
 # losses and final weights of the single-process run with the same global batch (12 sequences;
 # with 4 ranks also 10 sequences, slices of 2 and 3 with padding passes). The tiny DiJiang model
-# has a parameter count that 3 and 4 do not divide.
+# has 237,064 parameters, which 3 does not divide (slices of 79,021 and 79,022).
 # Usage: train_ranks.sh DIJIANG MPIEXEC COMPARE_RUNS SOURCE_DIR NP
 set -euo pipefail
 DIJIANG="$1" MPIEXEC="$2" COMPARE="$3" SOURCE_DIR="$4" NP="$5"
