@@ -18,7 +18,8 @@
 # ranks a second later, too soon for a checkpoint.)
 # Set DIJIANG to a built binary to skip the set-up (packages and build) that runs otherwise.
 set -euo pipefail
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+# The comment block above, as help.
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2; }
 
 ranks="" hostfile=""
 while [ $# -gt 0 ]; do
