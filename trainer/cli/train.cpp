@@ -13,7 +13,10 @@
 namespace dj::cli {
 
 void register_train(CLI::App& app) {
-  auto* cmd = app.add_subcommand("train", "train or fine-tune a model from a YAML experiment");
+  auto* cmd = app.add_subcommand(
+      "train",
+      "train or fine-tune a model from a YAML experiment (on a CUDA device when there is one; under mpirun or "
+      "srun every rank runs it, see launch/mpirun.sh)");
   auto config = std::make_shared<std::string>();
   auto overrides = std::make_shared<std::vector<std::string>>();
   auto resume = std::make_shared<bool>(false);
