@@ -1,7 +1,8 @@
-// compare_runs RUN_A RUN_B TOLERANCE: compares two training directories, the losses of every step
-// in their metrics.jsonl and every tensor of their newest checkpoints (parameters and AdamW
-// moments; a single file or a flat per-rank directory). Prints the largest relative differences
-// and exits 1 when one exceeds TOLERANCE (0 asks for bit equality).
+// compare_runs RUN_A RUN_B TOLERANCE: compares two training directories: the training and
+// validation losses of every step in their metrics.jsonl, and every tensor of their newest
+// checkpoints (parameters and AdamW moments; a single file or a flat per-rank directory). Prints
+// the largest relative differences and exits 1 when one exceeds TOLERANCE (0 asks for bit
+// equality).
 //
 // Relative differences: of a loss |a − b| / |b|; of the weights ‖a − b‖₂ / ‖b‖₂ over all parameters
 // together (the gated measure). The worst single tensor by the same norm, and the largest
@@ -22,15 +23,27 @@
 
 namespace {
 
-std::map<int64_t, double> losses(const std::filesystem::path& run) {
+// The training losses of every step (key "loss") or the validation losses (key "valid_loss").
+std::map<int64_t, double> losses(const std::filesystem::path& run, const char* key) {
   std::map<int64_t, double> out;
   std::ifstream in(run / "metrics.jsonl");
   if (!in) dj::fail("{}: no metrics.jsonl", run.string());
   for (std::string line; std::getline(in, line);) {
     const auto j = nlohmann::json::parse(line);
-    if (j.contains("loss")) out[j["step"].get<int64_t>()] = j["loss"].get<double>();
+    if (j.contains(key)) out[j["step"].get<int64_t>()] = j[key].get<double>();
   }
   return out;
+}
+
+// The largest relative difference of b's losses from a's; fails when a lacks a step of b.
+double worst_loss(const std::map<int64_t, double>& a, const std::map<int64_t, double>& b, const std::string& run) {
+  if (a.size() != b.size()) dj::fail("the runs logged {} and {} losses", a.size(), b.size());
+  double worst = 0.0;
+  for (const auto& [step, loss] : b) {
+    if (!a.count(step)) dj::fail("{} has no loss for step {}", run, step);
+    worst = std::max(worst, loss == a.at(step) ? 0.0 : std::abs(a.at(step) - loss) / std::abs(loss));
+  }
+  return worst;
 }
 
 struct Difference {
@@ -62,13 +75,10 @@ int main(int argc, char** argv) {
   try {
     const std::filesystem::path a = argv[1], b = argv[2];
     const double tolerance = std::stod(argv[3]);
-    const auto la = losses(a), lb = losses(b);
-    if (la.empty() || la.size() != lb.size()) dj::fail("the runs logged {} and {} steps", la.size(), lb.size());
-    double worst_loss = 0.0;
-    for (const auto& [step, loss] : lb) {
-      if (!la.count(step)) dj::fail("{} has no loss for step {}", a.string(), step);
-      worst_loss = std::max(worst_loss, loss == la.at(step) ? 0.0 : std::abs(la.at(step) - loss) / std::abs(loss));
-    }
+    const auto la = losses(a, "loss"), lb = losses(b, "loss");
+    if (lb.empty()) dj::fail("{} logged no training loss", b.string());
+    const double training = worst_loss(la, lb, a.string());
+    const double validation = worst_loss(losses(a, "valid_loss"), losses(b, "valid_loss"), a.string());
     const dj::ModelSource ca = dj::read_model_source(dj::latest_checkpoint(a));
     const dj::ModelSource cb = dj::read_model_source(dj::latest_checkpoint(b));
     if (ca.metadata.value("step", -1) != cb.metadata.value("step", -2))
@@ -95,11 +105,11 @@ int main(int argc, char** argv) {
       }
     }
     const double weights = diff2 == 0.0 ? 0.0 : std::sqrt(diff2 / norm2);
-    std::printf("%s vs %s: %zu steps; relative differences: loss %.3g, weights %.3g (worst tensor %.3g: %s; "
-                "largest value %.3g), moments %.3g\n",
-                a.c_str(), b.c_str(), lb.size(), worst_loss, weights, worst_param,
+    std::printf("%s vs %s: %zu steps; relative differences: loss %.3g, validation loss %.3g, weights %.3g (worst "
+                "tensor %.3g: %s; largest value %.3g), moments %.3g\n",
+                a.c_str(), b.c_str(), lb.size(), training, validation, weights, worst_param,
                 worst_name.empty() ? "none" : worst_name.c_str(), worst_element, worst_moment);
-    if (worst_loss > tolerance || weights > tolerance) {
+    if (training > tolerance || validation > tolerance || weights > tolerance) {
       std::printf("FAIL: above the tolerance %g\n", tolerance);
       return 1;
     }

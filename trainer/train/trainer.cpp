@@ -391,17 +391,34 @@ class Run {
   }
 
   // Mean loss over consecutive windows of seq_len + 1 validation tokens, as `dijiang eval` cuts
-  // them. Every rank evaluates every window (stage 3 gathers parameters collectively, so all
-  // ranks must make the same forward calls); rank 0 reports.
+  // them. The ranks share the windows (a contiguous run each, the last also taking the shorter
+  // tail) and sum their losses; on the CPU at stage 3 the forward gathers parameters
+  // collectively, so there every rank evaluates every window instead. Rank 0 reports.
   void validate() {
     if (valid_.size() < 2) return;
     const comm::Traffic before = comm_.traffic();
-    const EvalResult r = gpu_ ? gpu_->evaluate(valid_, e_.seq_len + 1, e_.micro_batch)
-                              : evaluate_windows(*model_, valid_, e_.seq_len + 1, e_.micro_batch);
+    const int64_t window = e_.seq_len + 1, n = static_cast<int64_t>(valid_.size());
+    const bool shared = world_ > 1 && (gpu_ || e_.zero_stage < 3);
+    std::vector<int32_t> part;
+    if (shared) {
+      const int64_t full = n / window;
+      const int64_t first = full * rank_ / world_ * window;
+      const int64_t last = rank_ + 1 == world_ ? n : full * (rank_ + 1) / world_ * window;
+      part.assign(valid_.begin() + first, valid_.begin() + last);
+    }
+    const std::vector<int32_t>& ids = shared ? part : valid_;
+    double sums[2] = {0.0, 0.0};  // {loss sum, predictions}
+    if (ids.size() >= 2) {
+      const EvalResult r = gpu_ ? gpu_->evaluate(ids, window, e_.micro_batch)
+                                : evaluate_windows(*model_, ids, window, e_.micro_batch);
+      sums[0] = r.loss_sum;
+      sums[1] = static_cast<double>(r.predicted);
+    }
+    if (shared) comm_.all_reduce_host(sums, 2);
     // Stage 3 gathers parameters for validation too; the per-step report counts training only.
     const comm::Traffic& after = comm_.traffic();
     validation_traffic_.all_gather += after.all_gather - before.all_gather;
-    const double loss = r.loss_sum / static_cast<double>(r.predicted);
+    const double loss = sums[0] / sums[1];
     if (rank_ != 0) return;
     spdlog::info("step {}: validation loss {:.4f}, perplexity {:.2f}", step_, loss, std::exp(loss));
     std::ofstream(metrics_path(), std::ios::app)
