@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "kernels/core/error.h"
+#include "trainer/checkpoint/flat_checkpoint.h"
 #include "trainer/optim/adamw.h"
 
 namespace dj {
@@ -50,8 +51,9 @@ ShardedState::ShardedState(comm::Communicator& comm, int stage, std::vector<Para
 
 ShardedState::~ShardedState() = default;
 
+// The slices of the flat checkpoints (flat_shard_range), so that a rank writes exactly its own.
 int64_t ShardedState::slice_begin(int rank) const {
-  return total_ * static_cast<int64_t>(rank) / static_cast<int64_t>(world_);
+  return rank == world_ ? total_ : flat_shard_range(total_, rank, world_).first;
 }
 
 void ShardedState::account(int64_t Memory::*field, int64_t delta) {

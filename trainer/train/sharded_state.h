@@ -2,8 +2,8 @@
 // model, sharded across the ranks of a communicator as stage 0, 1, 2 or 3 says.
 //
 // The flat buffer [0, P) is cut into one contiguous slice per rank, balanced to within one value
-// (rank r owns [P·r/N, P·(r+1)/N)), so no padding is needed: the collectives take per-rank
-// counts. What a rank keeps between steps:
+// (rank r owns [P·r/N, P·(r+1)/N), the slices of the flat checkpoints), so no padding is
+// needed: the collectives take per-rank counts. What a rank keeps between steps:
 //   stage 0  parameters, gradients, m and v in full; gradients are all-reduced and every rank
 //            applies the same update to everything.
 //   stage 1  parameters and gradients in full; m, v and the reduced gradients of its slice.
