@@ -5,8 +5,8 @@
 // equality).
 //
 // Relative differences: of a loss |a − b| / |b|; of the weights ‖a − b‖₂ / ‖b‖₂ over all parameters
-// together (the gated measure). The worst single tensor by the same norm, and the largest
-// elementwise difference relative to its tensor's largest value, are printed beside it: AdamW
+// together (gated at the tolerance) and per tensor (gated at 100 times it). The worst tensor and
+// the largest elementwise difference relative to its tensor's largest value are printed: AdamW
 // divides by √v, so a value whose gradient nearly cancels moves by a visibly different amount
 // when the gradient's last bits differ, and small tensors (biases) show that most.
 #include <cmath>
@@ -109,8 +109,11 @@ int main(int argc, char** argv) {
                 "tensor %.3g: %s; largest value %.3g), moments %.3g\n",
                 a.c_str(), b.c_str(), lb.size(), training, validation, weights, worst_param,
                 worst_name.empty() ? "none" : worst_name.c_str(), worst_element, worst_moment);
-    if (training > tolerance || validation > tolerance || weights > tolerance) {
-      std::printf("FAIL: above the tolerance %g\n", tolerance);
+    // The whole weight vector is held to the tolerance; each tensor to 100 times it, so that a
+    // wrong small tensor (a bias whose gradient was never reduced) cannot hide in the total,
+    // while the AdamW amplification above stays inside (measured up to 1.6e-6 against 1e-6).
+    if (training > tolerance || validation > tolerance || weights > tolerance || worst_param > 100 * tolerance) {
+      std::printf("FAIL: above the tolerance %g (%g for one tensor)\n", tolerance, 100 * tolerance);
       return 1;
     }
     return 0;
