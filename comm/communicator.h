@@ -82,6 +82,10 @@ class Communicator {
   // Waits for `request`; on timeout reports "rank R of N (host): <what> did not complete within
   // T s ..." on stderr and ends the job.
   void wait(Request& request, const char* what);
+  // Orders the work the caller issues next after `request`, so it may read the result or reuse
+  // the buffers. On host buffers that is wait(); the NCCL backend instead makes its compute stream
+  // wait for the collective on the device, and the host does not block.
+  virtual void order_after(Request& request, const char* what) { wait(request, what); }
 
   // Setup consensus: every rank calls it with an empty string when ready or its error message.
   // If any rank failed, every rank throws JobError with the message of the lowest failing rank

@@ -5,9 +5,8 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdlib>
-#include <string_view>
-
 #include <mutex>
+#include <string_view>
 
 #include "kernels/core/error.h"
 #ifdef DIJIANG_HAVE_CUDA
@@ -18,8 +17,9 @@ namespace dj {
 
 namespace {
 
-std::string cpu_description() {
-  return fmt::format("CPU ({} threads, OpenBLAS {} kernels)", omp_get_max_threads(), openblas_get_corename());
+std::string& requested() {
+  static std::string device = "auto";
+  return device;
 }
 
 // OpenBLAS falls back to its generic "Prescott" kernels on CPUs newer than its release knows,
@@ -34,41 +34,37 @@ void warn_about_generic_blas_kernels() {
                  suggestion);
 }
 
-BackendInfo& selection() {
-  static BackendInfo info{Backend::CPU, "CPU"};
-  return info;
-}
-
 }  // namespace
 
-const BackendInfo& selected_backend() { return selection(); }
+std::string cpu_description() {
+  return fmt::format("CPU ({} threads, OpenBLAS {} kernels)", omp_get_max_threads(), openblas_get_corename());
+}
 
-BackendInfo select_backend(const std::string& requested) {
-  if (requested != "auto" && requested != "cpu")
-    fail("unknown device '{}': expected auto or cpu", requested);
+void request_device(const std::string& device) {
+  if (device != "auto" && device != "cpu" && device != "cuda")
+    fail("unknown device '{}': expected auto, cpu or cuda", device);
+  requested() = device;
+}
+
+BackendInfo select_backend() {
   static std::once_flag blas_once;
   std::call_once(blas_once, warn_about_generic_blas_kernels);
-  BackendInfo info{Backend::CPU, cpu_description()};
-  if (requested == "cpu") return selection() = info;
+  const BackendInfo cpu{Backend::CPU, cpu_description()};
+  if (requested() == "cpu") return cpu;
 #ifdef DIJIANG_HAVE_CUDA
   static std::once_flag once;
   static cuda::DeviceProbe probe;
-  std::call_once(once, [] {
-    probe = cuda::probe_devices();
-    if (probe.device_count == 0)
-      spdlog::warn("no usable CUDA device ({}); running on the CPU", probe.error);
-    else
-      spdlog::info("CUDA device 0: {} (sm_{}{}); training runs on it, the other commands on the CPU",
-                   probe.name, probe.compute_major, probe.compute_minor);
-  });
+  std::call_once(once, [] { probe = cuda::probe_devices(); });
   if (probe.device_count > 0)
-    info = {Backend::CUDA, fmt::format("CUDA device 0: {} (sm_{}{})", probe.name, probe.compute_major,
+    return {Backend::CUDA, fmt::format("CUDA device 0: {} (sm_{}{})", probe.name, probe.compute_major,
                                        probe.compute_minor)};
+  if (requested() == "cuda") fail("--device cuda: no usable CUDA device ({})", probe.error);
+  static std::once_flag told;
+  std::call_once(told, [] { spdlog::info("no usable CUDA device ({}); running on the CPU", probe.error); });
 #else
-  static std::once_flag once;
-  std::call_once(once, [] { spdlog::warn("built without the CUDA backend; running on the CPU"); });
+  if (requested() == "cuda") fail("--device cuda: this build of dijiang has no CUDA backend");
 #endif
-  return selection() = info;
+  return cpu;
 }
 
 }  // namespace dj

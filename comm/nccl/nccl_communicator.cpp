@@ -53,6 +53,8 @@ class NcclRequest final : public Request {
   NcclRequest(const NcclRequest&) = delete;
   NcclRequest& operator=(const NcclRequest&) = delete;
 
+  cudaEvent_t event() const { return event_; }
+
   bool test() override {
     if (done_) return true;
     const cudaError_t status = cudaEventQuery(event_);
@@ -206,6 +208,13 @@ void NcclCommunicator::check_counts(std::span<const int64_t> counts, const char*
     fail("{}: {} got {} counts for {} ranks", events_->where, op, counts.size(), size_);
   for (const int64_t count : counts)
     if (count < 0) fail("{}: {} got a negative count ({})", events_->where, op, count);
+}
+
+void NcclCommunicator::order_after(Request& request, const char* what) {
+  auto* nccl = dynamic_cast<NcclRequest*>(&request);
+  if (nccl == nullptr) fail("{}: order_after({}) got a request of another communicator", events_->where, what);
+  DJ_CUDA_CHECK(cudaSetDevice(device_));
+  DJ_CUDA_CHECK(cudaStreamWaitEvent(compute_, nccl->event(), 0));
 }
 
 void NcclCommunicator::stream_wait_for_collectives(cudaStream_t stream) {

@@ -12,9 +12,9 @@
 //     instance by finishing it, or by making the compute stream wait for it) before the call.
 //   * Request::test() (and Communicator::wait) reports completion of the collective itself: once
 //     it returns true the buffers may be read or reused from any stream or the host.
-//   * To consume a result on the GPU without blocking the host, call
-//     stream_wait_for_collectives(stream): that stream then waits for every collective started
-//     so far.
+//   * To consume a result on the GPU without blocking the host, call order_after(request) (the
+//     compute stream waits for that collective) or stream_wait_for_collectives(stream) (that
+//     stream waits for every collective started so far).
 //   * The compute stream must not write a buffer that an unfinished collective reads or writes.
 //
 // Counts are the same on every rank. Uneven reduce_scatter runs as one NCCL group of ncclReduce
@@ -75,6 +75,9 @@ class NcclCommunicator final : public Communicator {
   void all_reduce_host(double* data, int64_t count) override;
   void broadcast_host(void* data, int64_t bytes, int root) override;
   void barrier() override;
+
+  // Makes the compute stream wait, on the device, for `request` (a request of this communicator).
+  void order_after(Request& request, const char* what) override;
 
   // ncclCommAbort, then the host communicator's abort (which ends every rank).
   [[noreturn]] void abort(int code) override;

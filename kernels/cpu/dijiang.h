@@ -73,6 +73,18 @@ template <typename T>
 void group_norm_backward(T* dx, T* dw, T* db, const T* dy, const T* x, const T* w, const T* mean,
                          const T* rstd, int64_t rows, int64_t channels, int64_t groups);
 
+// GroupNorm fused with the swish gate, the twin of kernels/cuda/dijiang_attention.h's:
+// y = silu(g) ⊙ GroupNorm(x). mean, rstd [rows, groups] are saved for the backward, which
+// recomputes GroupNorm(x) from x and them (so nothing of size rows x channels is kept).
+template <typename T>
+void group_norm_gate_forward(T* y, T* mean, T* rstd, const T* x, const T* w, const T* b, const T* g, int64_t rows,
+                             int64_t channels, int64_t groups, double eps);
+// Overwrites dx and dg; dw and db accumulate.
+template <typename T>
+void group_norm_gate_backward(T* dx, T* dg, T* dw, T* db, const T* dy, const T* x, const T* g, const T* w,
+                              const T* b, const T* mean, const T* rstd, int64_t rows, int64_t channels,
+                              int64_t groups);
+
 // Swish gate: y = silu(g) ⊙ x, silu(g) = g · sigmoid(g). Backward overwrites dg and dx.
 template <typename T>
 void silu_gate_forward(T* y, const T* g, const T* x, int64_t n);

@@ -21,6 +21,9 @@
 
 namespace dj::cuda {
 
+// The largest head size (d, m, dv) the attention kernels here support.
+inline constexpr int64_t kMaxHeadDim = 128;
+
 // Chunk length of the chunkwise decay attention when the caller passes chunk <= 0.
 constexpr int64_t kDefaultDecayChunk = 64;
 

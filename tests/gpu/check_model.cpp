@@ -1,18 +1,20 @@
-// The whole model on the GPU: GPTNeoXCuda against the CPU model (GPTNeoX<double>, the reference)
-// on small configs covering both residual modes, tied embeddings, softmax and DiJiang attention
-// (with feature weights and a learnable decay): the loss and every parameter gradient, in fp32
-// and in bf16. Then one training step of a 410M-shaped DiJiang model at sequence 2048 in bf16:
-// forward, backward, gradient norm and AdamW on the device, in tokens/s and MFU.
+// The whole model on the GPU: GPTNeoXModel<CudaOps<T>> against the CPU model (GPTNeoX<double>, the
+// reference) on small configs covering both residual modes, tied embeddings, softmax and DiJiang
+// attention (with feature weights and a learnable decay): the loss and every parameter gradient,
+// in fp32 and in bf16, and the evaluation pass against the CPU's. Then one training step of a
+// 410M-shaped DiJiang model at sequence 2048 in bf16 through the trainer's state (ZeRO stage 0 on
+// one GPU): forward, backward, gradient norm and AdamW on the device, in tokens/s and MFU.
 #include <cmath>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "check.h"
+#include "comm/single_communicator.h"
 #include "kernels/cpu/dijiang.h"
-#include "kernels/cuda/ops.h"
+#include "trainer/model/cuda_ops.h"
 #include "trainer/model/gpt_neox.h"
-#include "trainer/model/gpt_neox_cuda.h"
+#include "trainer/train/sharded_training.h"
 
 namespace dj::gpucheck {
 namespace {
@@ -77,17 +79,20 @@ void compare_model(Context& ctx, const std::string& name, const ModelConfig& con
   const double expected_loss = reference.forward(ids.data(), batch, seq, true, 0.5);
   reference.backward();
 
-  GPTNeoXCuda<T> model(config, ctx.stream);
+  GPTNeoXModel<CudaOps<T>> model(config, CudaOps<T>(ctx.stream));
   std::vector<float> params(reference.parameters().begin(), reference.parameters().end());
-  model.upload_parameters(params.data());
+  model.ops().upload(model.parameters().data(), params.data(), static_cast<int64_t>(params.size()));
+  model.parameters_changed();
   // Poisoned gradients must be cleared by zero_gradients; a gradient never written stays NaN.
-  ctx.poison(model.gradients(), params.size() * sizeof(float));
+  model.zero_gradients();
+  ctx.poison(model.gradients().data(), params.size() * sizeof(float));
   model.zero_gradients();
   const double loss = model.forward(ids.data(), batch, seq, true, 0.5);
   model.backward();
   ctx.sync(name.c_str());
   ctx.compare(name + " loss", std::vector<double>{loss}, std::vector<double>{expected_loss}, loss_threshold);
-  const std::vector<float> grads = model.download_gradients();
+  std::vector<float> grads(params.size());
+  model.ops().download(grads.data(), model.gradients().data(), static_cast<int64_t>(grads.size()));
   for (const auto& view : reference.layout().views()) {
     if (!view.trainable) continue;
     std::vector<double> got(static_cast<size_t>(view.numel())), want(got.size());
@@ -97,6 +102,14 @@ void compare_model(Context& ctx, const std::string& name, const ModelConfig& con
     }
     ctx.compare(name + " d" + view.name, got, want, grad_threshold);
   }
+  // The evaluation pass (one layer of activations, logits in blocks of 7 rows) gives the loss sum
+  // of the training forward.
+  const LossSum expected = reference.forward_loss_sum(ids.data(), batch, seq);
+  const LossSum evaluated = model.evaluate(ids.data(), batch, seq, 7);
+  ctx.sync(name.c_str());
+  ctx.expect(name + " evaluate count", evaluated.count == expected.count);
+  ctx.compare(name + " evaluate", std::vector<double>{evaluated.sum}, std::vector<double>{expected.sum},
+              loss_threshold);
 }
 
 DJ_GPU_CHECK(model_fp32) {
@@ -126,18 +139,16 @@ DJ_GPU_BENCH(train_step_410m) {
   config.intermediate_size = 4096;
   config.rotary_pct = 0.25;
   config.attention = AttentionKind::DiJiang;
-  GPTNeoXCuda<__nv_bfloat16> model(config, ctx.stream);
-  const int64_t total = model.layout().total();
+  comm::SingleCommunicator single;
+  ShardedTraining<CudaOps<__nv_bfloat16>> state(config, 0, single, CudaOps<__nv_bfloat16>(ctx.stream), "bench");
+  const ParameterLayout layout = ParameterLayout::gpt_neox(config);
+  const int64_t total = layout.total();
   {
-    std::vector<double> params = model_parameters(model.layout(), config, ctx.rng);
-    std::vector<float> host(params.begin(), params.end());
-    model.upload_parameters(host.data());
+    const std::vector<double> params = model_parameters(layout, config, ctx.rng);
+    state.load([&](const std::string&, int64_t begin, int64_t end, float* out) {
+      for (int64_t i = begin; i < end; ++i) out[i - begin] = static_cast<float>(params[static_cast<size_t>(i)]);
+    }, false);
   }
-  DeviceBuffer<float> m(static_cast<size_t>(total)), v(static_cast<size_t>(total));
-  DJ_CUDA(cudaMemset(m.get(), 0, m.size() * sizeof(float)));
-  DJ_CUDA(cudaMemset(v.get(), 0, v.size() * sizeof(float)));
-  std::vector<uint8_t> all(static_cast<size_t>(total), 1);
-  DeviceBuffer<uint8_t> mask(all);
   const int64_t batch = 8, seq = 2048;
   std::vector<int32_t> ids(static_cast<size_t>(batch * seq));
   std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(config.vocab_size - 1));
@@ -146,20 +157,18 @@ DJ_GPU_BENCH(train_step_410m) {
   double loss = 0.0;
   const double ms = ctx.time_ms(
       [&] {
-        model.zero_gradients();
-        loss = model.forward(ids.data(), batch, seq, true);
-        model.backward();
-        const double norm = cuda::global_norm(model.gradients(), total, ctx.stream);
-        cuda::clip_by_global_norm(model.gradients(), total, norm, 1.0, ctx.stream);
-        cuda::adamw_step(model.parameters(), m.get(), v.get(), model.gradients(), mask.get(), mask.get(), total, ++step,
-                         1e-4, cuda::AdamWParams{}, ctx.stream);
-        model.refresh_parameters();
+        state.start_step();
+        loss = state.micro_batch(ids.data(), batch, seq, 1.0, true, true);
+        state.finish_gradients();
+        const double norm = std::sqrt(state.gradient_sum_of_squares());
+        state.clip(norm, 1.0);
+        state.update(++step, 1e-4, AdamWConfig{});
       },
       3, 1);
   ctx.expect("410M train step loss is finite", std::isfinite(loss), "loss " + std::to_string(loss));
   const double tokens = static_cast<double>(batch * seq);
   const double flops = 6.0 * static_cast<double>(total) * tokens;
-  constexpr double kPeakBf16 = 989e12;  // H200 dense bf16 peak by the datasheet (H200.md); ~790 measured
+  constexpr double kPeakBf16 = 989e12;  // H200 dense bf16 peak by the datasheet; ~790 measured
   BenchRow row;
   row.name = "train step 410M DiJiang bf16, 8x2048";
   row.ms = ms;

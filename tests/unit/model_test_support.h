@@ -39,7 +39,7 @@ inline void finite_difference_check(const ModelConfig& config) {
     if (view.name.ends_with("log_gamma")) {
       const std::vector<double> schedule = reference_log_gamma(view.numel());
       for (int64_t h = 0; h < view.numel(); ++h)
-        model.parameter(view.name)[h] = schedule[static_cast<size_t>(h)] * (1.0 + 0.5 * std::abs(normal(rng)));
+        model.parameters()[static_cast<size_t>(view.offset + h)] = schedule[static_cast<size_t>(h)] * (1.0 + 0.5 * std::abs(normal(rng)));
     }
   const int64_t batch = 2, seq = 9;
   std::vector<int32_t> ids(static_cast<size_t>(batch * seq));

@@ -54,7 +54,7 @@ TEST(DiJiangModel, ThreeFormsGiveTheSameLossAndGradients) {
     for (auto& p : model.parameters()) p = normal(rng);
     for (int l = 0; l < c.num_layers; ++l) {
       const std::vector<double> schedule = reference_log_gamma(c.num_heads);
-      std::copy(schedule.begin(), schedule.end(), model.parameter(layer_prefix(l) + "attention.log_gamma"));
+      std::copy(schedule.begin(), schedule.end(), model.parameters().begin() + model.layout().view(layer_prefix(l) + "attention.log_gamma").offset);
     }
     std::vector<int32_t> ids(3 * 13);
     for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((i * 7 + 3) % 23);

@@ -174,7 +174,7 @@ TEST(Training, PythiaOrderStreamsAnIndexedDataset) {
 TEST(Training, PrecisionOtherThanF32NeedsCuda) {
   Experiment e = tiny_experiment(fs::temp_directory_path() / "dijiang-precision", "keep");
   e.precision = "bf16";
-  select_backend("cpu");
+  request_device("cpu");
   try {
     train(e, false);
     FAIL() << "bf16 trained on the CPU";

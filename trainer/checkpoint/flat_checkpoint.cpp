@@ -382,15 +382,6 @@ std::string flat_shard_name(int rank, int world) {
   return fmt::format("rank-{:05d}-of-{:05d}.h5", rank, world);
 }
 
-std::pair<int64_t, int64_t> flat_shard_range(int64_t total, int rank, int world) {
-  if (world < 1 || rank < 0 || rank >= world || total < 0)
-    fail("no rank {} of {} over {} values", rank, world, total);
-  // total * rank / world without the overflow of the product: rank and the remainder are small.
-  const int64_t quotient = total / world, remainder = total % world;
-  const auto start = [&](int64_t r) { return quotient * r + remainder * r / world; };
-  return {start(rank), start(int64_t{rank} + 1)};
-}
-
 fs::path flat_staging_dir(const fs::path& final_dir) {
   const fs::path dir = without_trailing_separator(final_dir);
   return dir.parent_path() / fmt::format(".{}{}", dir.filename().string(), kStagingSuffix);

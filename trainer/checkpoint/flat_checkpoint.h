@@ -32,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "trainer/checkpoint/native.h"
+#include "trainer/model/parameters.h"  // flat_shard_range
 
 namespace dj {
 
@@ -55,8 +56,6 @@ struct FlatShardHeader {
 // "rank-00002-of-00004.h5".
 std::string flat_shard_name(int rank, int world);
 
-// The balanced slice of rank `rank` of `world`: [total * rank / world, total * (rank + 1) / world).
-std::pair<int64_t, int64_t> flat_shard_range(int64_t total, int rank, int world);
 
 // The staging directory for `final_dir`: the hidden sibling `.<name>.partial`.
 std::filesystem::path flat_staging_dir(const std::filesystem::path& final_dir);

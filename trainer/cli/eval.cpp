@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/backend.h"
 #include "kernels/core/error.h"
 #include "trainer/cli/commands.h"
 #include "trainer/data/npy.h"
@@ -16,6 +17,7 @@
 #include "trainer/data/tokenizer_text.h"
 #include "trainer/model/evaluate.h"
 #include "trainer/model/source.h"
+#include "trainer/train/gpu.h"
 
 namespace dj::cli {
 
@@ -45,7 +47,9 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json for --text (default: the model directory's, else GPT-NeoX's)");
   cmd->add_option("--seq-len", o->seq_len, "window length in tokens")->required()->check(CLI::Range(int64_t{2}, int64_t{1} << 24));
   cmd->add_option("--batch", o->batch, "windows per forward pass")->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
-  cmd->add_option("--precision", o->precision, "f32 (default) or f64")->check(CLI::IsMember({"f32", "f64"}));
+  cmd->add_option("--precision", o->precision,
+                  "f32 (default), f64 (on the CPU) or bf16 (on a GPU: bf16 activations and products)")
+      ->check(CLI::IsMember({"f32", "f64", "bf16"}));
   cmd->add_option("--dijiang-form", o->dijiang_form, "DiJiang attention form: parallel, chunkwise or recurrent (default: the model's)")
       ->check(CLI::IsMember({"parallel", "chunkwise", "recurrent"}));
   cmd->add_flag("--json", o->json, "print one JSON line {\"tokens\", \"loss\", \"ppl\"}");
@@ -58,9 +62,19 @@ void register_eval(CLI::App& app) {
       if (!source.config.is_dijiang()) fail("--dijiang-form applies to DiJiang models; {} has softmax attention", o->model);
       source.config.dijiang.form = o->dijiang_form;
     }
+    // f64 is the CPU's reference precision; the others run on the GPU when there is one.
+    const BackendInfo backend = o->precision == "f64" ? BackendInfo{Backend::CPU, cpu_description()} : select_backend();
+    if (o->precision == "bf16" && backend.backend != Backend::CUDA)
+      fail("--precision bf16 needs a CUDA device; the CPU evaluates in f32 or f64");
+    spdlog::info("evaluating on {}", backend.description);
     const auto start = std::chrono::steady_clock::now();
-    const EvalResult r = o->precision == "f64" ? evaluate_windows<double>(source, ids, o->seq_len, o->batch)
-                                               : evaluate_windows<float>(source, ids, o->seq_len, o->batch);
+    EvalResult r;
+    if (backend.backend == Backend::CUDA)
+      r = gpu::evaluate(source, ids, o->seq_len, o->batch, o->precision);
+    else if (o->precision == "f64")
+      r = evaluate_windows<double>(source, ids, o->seq_len, o->batch);
+    else
+      r = evaluate_windows<float>(source, ids, o->seq_len, o->batch);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double loss = r.loss_sum / static_cast<double>(r.predicted);
     if (o->json) {

@@ -28,13 +28,15 @@ int main(int argc, char** argv) {
   bool verbose = false, quiet = false;
   app.add_option("--threads", threads, "CPU threads (default: all cores, or OMP_NUM_THREADS)")
       ->check(CLI::Range(1, 4096));
-  app.add_option("--device", device, "where ops run: auto or cpu")->check(CLI::IsMember({"auto", "cpu"}));
+  app.add_option("--device", device,
+                 "where train, eval and bench model run: auto (a CUDA device when there is one), cpu or cuda")
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app.add_flag("-v,--verbose", verbose, "debug logging");
   app.add_flag("-q,--quiet", quiet, "warnings and errors only");
   app.parse_complete_callback([&] {
     spdlog::set_level(verbose ? spdlog::level::debug : quiet ? spdlog::level::warn : spdlog::level::info);
     if (threads > 0) omp_set_num_threads(threads);
-    dj::select_backend(device);
+    dj::request_device(device);
   });
 
   dj::cli::register_inspect(app);

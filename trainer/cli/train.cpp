@@ -1,6 +1,8 @@
 // dijiang train CONFIG.yaml [a.b=c ...]: run a YAML experiment.
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
 #include <cstdio>
 #include <memory>
 #include <new>
@@ -9,8 +11,44 @@
 #include "trainer/cli/commands.h"
 #include "trainer/config/experiment.h"
 #include "trainer/train/trainer.h"
+#include "trainer/train/gpu.h"
+#include "trainer/train/memory_plan.h"
+#include "trainer/model/source.h"
+#include "kernels/backend.h"
 
 namespace dj::cli {
+
+namespace {
+
+// dijiang train CONFIG --plan: the model's config (after the experiment's conversion) and the
+// memory plan of every stage, for a GPU (given --gpu-memory, or a device present) or the CPU.
+void print_plan(const std::string& file, const std::vector<std::string>& overrides, int ranks, double gpu_gib) {
+  const Experiment e = load_experiment(file, overrides);
+  ModelConfig config = read_model_config(e.model_source);
+  if (e.attention == "dijiang" && !config.is_dijiang()) {
+    config.attention = AttentionKind::DiJiang;
+    config.dijiang = e.dijiang;
+  }
+  constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+  const bool gpu = gpu_gib > 0 || select_backend().backend == Backend::CUDA;
+  int64_t capacity = 0;
+  std::string where;
+  if (gpu_gib > 0) {
+    capacity = static_cast<int64_t>(gpu_gib * kGiB);
+  } else if (gpu) {
+    capacity = gpu::device_memory().total;
+    where = " (device 0's memory)";
+  } else {
+    capacity = static_cast<int64_t>(sysconf(_SC_PHYS_PAGES)) * sysconf(_SC_PAGESIZE) / ranks;
+    where = fmt::format(" (this machine's memory{})", ranks > 1 ? fmt::format(" shared by {} ranks", ranks) : "");
+  }
+  std::printf("model %s: %s attention, %.1fM parameters\n", e.model_source.c_str(),
+              config.is_dijiang() ? "DiJiang" : "softmax", static_cast<double>(config.parameter_count()) / 1e6);
+  std::printf("%s", plan_table(e, config, ranks, gpu, capacity).c_str());
+  if (!where.empty()) std::printf("capacity%s\n", where.c_str());
+}
+
+}  // namespace
 
 void register_train(CLI::App& app) {
   auto* cmd = app.add_subcommand(
@@ -26,7 +64,22 @@ void register_train(CLI::App& app) {
   cmd->add_flag("--resume", *resume, "continue from the newest checkpoint in checkpoint.dir");
   cmd->add_option("--stop-after", *stop_after, "end this run with a checkpoint after N steps (resume later)")
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 40));
-  cmd->callback([config, overrides, resume, stop_after] {
+  auto plan = std::make_shared<bool>(false);
+  auto plan_ranks = std::make_shared<int>(1);
+  auto gpu_memory = std::make_shared<double>(0.0);
+  cmd->add_flag("--plan", *plan,
+                "print the memory per rank of every ZeRO stage (parameters, bf16 copy, gradients, optimizer state, "
+                "activations) and which stages fit, without allocating or training");
+  cmd->add_option("--ranks", *plan_ranks, "with --plan: the number of ranks (default 1)")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--gpu-memory", *gpu_memory,
+                  "with --plan: GiB per GPU (default: device 0's; without a GPU and without this, the plan is the "
+                  "CPU's)")
+      ->check(CLI::Range(0.1, 1e6));
+  cmd->callback([config, overrides, resume, stop_after, plan, plan_ranks, gpu_memory] {
+    if (*plan) {
+      print_plan(*config, *overrides, *plan_ranks, *gpu_memory);
+      return;
+    }
     // Under mpirun or srun every rank runs this; alone, no MPI runtime is touched.
     const std::unique_ptr<comm::Communicator> comm = comm::make_host_communicator();
     const int rank = comm->rank(), ranks = comm->size();

@@ -1,134 +1,197 @@
-// The GPT-NeoX (Pythia) causal language model on the CPU with an explicit forward and backward
-// per layer, following shared/reference/pythia.md section 2. T is float (training, evaluation)
-// or double (reference evaluations and finite-difference tests).
+// The GPT-NeoX (Pythia) causal language model, softmax or DiJiang attention, with an explicit
+// forward and backward per layer (docs/architecture.md). The layer sequence is written once,
+// over a backend chosen at compile time (cpu_ops.h): GPTNeoX<T> = GPTNeoXModel<CpuOps<T>> runs on
+// the CPU in float or double, GPTNeoXModel<CudaOps<T>> (gpt_neox_cuda.h) on a GPU in float or
+// bf16. Both compute the same function with the same layouts, parameter layout and loss.
+//
+// Parameters and gradients live in flat buffers laid out by ParameterLayout, cut into segments
+// (embedding, each layer, head). By default the model owns them; a ModelStorage (the ZeRO training
+// state, trainer/train/sharded_state.h) may hold them instead, and the model then acquires each
+// segment's parameters just before using them and its gradients just before its backward adds to
+// them, and releases them after (collectives may run inside, so every rank makes the same calls).
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/dijiang.h"
 #include "trainer/checkpoint/tensor_map.h"
 #include "trainer/model/config.h"
+#include "trainer/model/cpu_ops.h"
 #include "trainer/model/parameters.h"
 
 namespace dj {
 
-template <typename T>
-class GPTNeoX {
+// Where a model finds the parameters and gradients of a segment. A segment's parameters come as
+// the fp32 masters (Param) and the copy the products read (Act: the same memory unless the
+// backend computes in bf16).
+template <class Ops>
+class ModelStorage {
  public:
-  explicit GPTNeoX(ModelConfig config);
+  using Param = typename Ops::Param;
+  using Act = typename Ops::Act;
+  using Grad = typename Ops::Grad;
+  struct Parameters {
+    const Param* master = nullptr;
+    const Act* compute = nullptr;
+  };
+  virtual ~ModelStorage() = default;
+  // Acquisitions of one segment never overlap themselves; each acquire has one release.
+  virtual Parameters acquire_parameters(int64_t segment) = 0;
+  virtual void release_parameters(int64_t segment) = 0;
+  // A hint: `segment` is acquired next (a sharded storage starts gathering it now).
+  virtual void prefetch_parameters(int64_t /*segment*/) {}
+  virtual Grad* acquire_gradients(int64_t segment) = 0;
+  virtual void release_gradients(int64_t segment) = 0;
+};
+
+template <class Ops>
+class OwnedStorage;
+
+template <class Ops>
+class GPTNeoXModel {
+ public:
+  using Act = typename Ops::Act;
+  using Param = typename Ops::Param;
+  using Grad = typename Ops::Grad;
+  using Stat = typename Ops::Stat;
+  template <typename U>
+  using Array = typename Ops::template Array<U>;
+  using Storage = ModelStorage<Ops>;
+
+  // Refuses configurations the backend cannot run (a DiJiang form it lacks, a head size its
+  // kernels do not support) with a message saying what to change.
+  explicit GPTNeoXModel(ModelConfig config, Ops ops = Ops());
+  ~GPTNeoXModel();
+  GPTNeoXModel(const GPTNeoXModel&) = delete;
+  GPTNeoXModel& operator=(const GPTNeoXModel&) = delete;
 
   const ModelConfig& config() const { return config_; }
   const ParameterLayout& layout() const { return layout_; }
-  // The model's own flat buffers (empty while a SegmentStorage is in use).
-  std::vector<T>& parameters() { return params_; }
-  const std::vector<T>& parameters() const { return params_; }
-  // Allocated (zeroed) by the first zero_gradients() or backward(); empty before.
-  std::vector<T>& gradients() { return grads_; }
-  // A tensor's values or gradient by name: in the model's own buffers, or (with a
-  // SegmentStorage) in its segment while that segment is acquired.
-  T* parameter(const std::string& name);
-  const T* parameter(const std::string& name) const;
-  T* gradient(const std::string& name);
-
   const std::vector<ParameterSegment>& segments() const { return segments_; }
-  // Hands parameter and gradient storage to `storage` and frees the model's own buffers; every
-  // forward and backward then acquires and releases segments through it (collectives may run
-  // inside, so every rank must make the same calls). nullptr returns to fresh, zeroed own buffers.
-  void use_storage(SegmentStorage<T>* storage);
+  Ops& ops() { return ops_; }
 
-  // Copies checkpoint tensors into the parameter buffer, converting from their stored dtype,
-  // after check_tensors() has validated them; `source` names the checkpoint in errors.
+  // The model's own flat buffers (an error while a ModelStorage is in use). parameters() are the
+  // masters; after writing them directly call parameters_changed() (it refreshes the bf16 copy
+  // the products read). gradients() are allocated (zeroed) by the first zero_gradients() or
+  // backward().
+  Array<Param>& parameters();
+  const Array<Param>& parameters() const;
+  Array<Grad>& gradients();
+  void parameters_changed();
+  void zero_gradients();
+
+  // Hands parameter and gradient storage to `storage` and frees the model's own; nullptr returns
+  // to fresh own buffers (parameters zero).
+  void use_storage(Storage* storage);
+
+  // Copies checkpoint tensors into the own parameters, converting from their stored dtype, after
+  // check_tensors() has validated them; `source` names the checkpoint in errors.
   void load(const TensorMap& tensors, const std::string& source);
-  // The parameters as named tensors of the given floating dtype.
+  // The own parameters as named tensors of the given floating dtype.
   TensorMap to_tensors(DType dtype) const;
 
-  // ids [batch, seq]. Returns the mean next-token cross-entropy over batch * (seq - 1)
+  // ids (host) [batch, seq]. Returns the mean next-token cross-entropy over batch · (seq − 1)
   // predictions (Hugging Face's loss with labels = ids); logits() holds [batch, seq, vocab].
-  // With for_backward, the fused cross-entropy writes the loss gradient over the logits in the
-  // same pass (logits() then holds that gradient), so a training step computes the softmax once.
+  // With for_backward the fused cross-entropy writes the loss gradient over the logits in the same
+  // pass (logits() then holds that gradient), so a training step computes the softmax once.
   // `gradient_weight` scales the gradient the following backward computes (the gradient of
   // gradient_weight × mean loss), so micro-batches of different sizes combine into one mean.
   double forward(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward = false,
                  double gradient_weight = 1.0);
-  // As forward, plus the sum of losses and number of predictions, for exact averaging across
-  // windows of different lengths.
-  struct LossSum {
-    double sum = 0.0;
-    int64_t count = 0;
-  };
+  // As forward, with the sum of losses and the number of predictions.
   LossSum forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward = false,
                            double gradient_weight = 1.0);
-  // Accumulates (+=) the gradient of the last forward's mean loss into gradients().
+  // Accumulates (+=) the gradient of the last forward's weighted mean loss into the gradients.
   // The logits buffer is consumed (overwritten by its gradient).
   void backward();
-  void zero_gradients();
+  const Array<Act>& logits() const { return acts_.logits; }
 
-  const std::vector<T>& logits() const { return acts_.logits; }
+  // Evaluation: the loss sum of ids [batch, seq] without keeping anything for a backward pass:
+  // one layer's activations at a time, and the logits of at most `rows_per_block` rows.
+  LossSum evaluate(const int32_t* ids, int64_t batch, int64_t seq, int64_t rows_per_block = 1024);
 
  private:
   struct LayerActivations {
-    std::vector<T> input;                   // residual stream entering the layer [N, D]
-    std::vector<T> ln1, ln1_mean, ln1_rstd;  // [N, D], [N], [N]
-    std::vector<T> q, k, v, attn, lse;       // [B, H, S, d] (q, k after rotary), lse [B, H, S]
-    std::vector<T> merged;                  // attention output, heads merged [N, D]
-    std::vector<T> mid;                     // sequential residual: x + attention [N, D]
-    std::vector<T> ln2, ln2_mean, ln2_rstd;
-    std::vector<T> pre_gelu, post_gelu;     // [N, F]
-    // DiJiang attention only: feature-map softmax outputs sq, sk and (with learned feature
-    // weights) the weighted features fq, fk [B, H, S, d]; GroupNorm output and statistics
-    // [N, D], [N, groups]; the gate's pre-activation a · W_G and the gated output [N, D].
-    std::vector<T> sq, sk, fq, fk, gn, gn_mean, gn_rstd, gate_pre, gated;
+    Array<Act> input;                   // residual stream entering the layer [N, D]
+    Array<Act> ln1, q, k, v, attn;      // [N, D]; q, k, v, attn as [B, H, S, d] (q, k after rotary)
+    Array<Stat> ln1_mean, ln1_rstd, ln2_mean, ln2_rstd, lse;  // [N], lse [B, H, S]
+    Array<Act> merged;                  // attention output, heads merged [N, D]
+    Array<Act> mid;                     // sequential residual: x + attention [N, D]
+    Array<Act> ln2, pre_gelu, post_gelu;  // [N, D], [N, F], [N, F]
+    // DiJiang only: feature-map softmax outputs sq, sk and (with learned feature weights) the
+    // weighted features fq, fk [B, H, S, d]; the gate's pre-activation a · W_G and the gated
+    // output [N, D]; GroupNorm statistics [N, groups].
+    Array<Act> sq, sk, fq, fk, gate_pre, gated;
+    Array<Stat> gn_mean, gn_rstd;
   };
+  enum class LogitsState { Logits, Gradient, Consumed };
   struct Activations {
     int64_t batch = 0, seq = 0;
-    std::vector<int32_t> ids, targets;
+    std::vector<int32_t> host_targets;
+    Array<int32_t> ids, targets;
     std::vector<LayerActivations> layers;
-    std::vector<T> final_input, final_ln, final_mean, final_rstd;
-    std::vector<T> logits;
+    Array<Act> final_input, final_ln, logits;
+    Array<Stat> final_mean, final_rstd;
     int64_t predictions = 0;
     double gradient_weight = 1.0;
-    // What the logits buffer holds: the logits, their loss gradient (a forward for backward),
-    // or nothing usable (the backward consumed it).
-    enum class LogitsState { Logits, Gradient, Consumed } logits_state = LogitsState::Consumed;
-    // Scratch reused by every layer: fused qkv (and its gradient), per-head gradients, [N, D]
+    LogitsState logits_state = LogitsState::Consumed;
+    // Scratch shared by the layers: fused qkv (and its gradient), per-head gradients, [N, D]
     // and [N, F] temporaries, and the two residual-gradient buffers of the backward.
-    std::vector<T> qkv, dq, dk, dv, dattn, dfeature, nd_a, nd_b, nd_c, nd_d, nf, dres_a, dres_b;
+    Array<Act> qkv, dq, dk, dv, dattn, dfeature, nd_a, nd_b, nd_c, nd_d, nf, dres_a, dres_b;
   };
 
-  const T* output_embedding() const;
-  T* output_embedding_gradient();
-  // Segment acquisition (no-ops on the model's own buffers); segment indices as in
-  // gpt_neox_segments: 0 embedding, 1 + l layer l, L + 1 head.
+  // Parameter views: as the products read them (Act), the masters (Param), and gradients.
+  const Act* p(const std::string& name) const;
+  const Param* pm(const std::string& name) const;
+  Grad* g(const std::string& name);
+  const Act* output_embedding() const;
+  Grad* output_embedding_gradient();
   int64_t segment_of(int64_t offset) const;
-  void hold_parameters(int64_t segment);
+  int64_t head_segment() const { return config_.num_layers + 1; }
+  void hold_parameters(int64_t segment, int64_t next = -1);
   void drop_parameters(int64_t segment);
   void hold_gradients(int64_t segment);
   void drop_gradients(int64_t segment);
-  int64_t head_segment() const { return config_.num_layers + 1; }
-  void resize_activations(int64_t batch, int64_t seq);
-  void layer_forward(int64_t l, const T* x, T* out);
-  void layer_backward(int64_t l, const T* dout, T* dx);
-  void attention_forward(int64_t l, const T* ln_out, T* attn_out);
-  void attention_backward(int64_t l, const T* dattn_out, T* dln);
-  // Softmax attention (the pretrained GPT-NeoX) or DiJiang attention (shared/reference/dijiang.md
-  // section 2) between the projected q, k, v and the merged-heads input of the dense projection.
-  void softmax_core_forward(LayerActivations& a, int64_t B, int64_t S);
-  void softmax_core_backward(LayerActivations& a, int64_t B, int64_t S);
-  void dijiang_core_forward(int64_t l, const T* ln_out, int64_t B, int64_t S);
-  void dijiang_core_backward(int64_t l, T* dln, int64_t B, int64_t S);
-  void mlp_forward(int64_t l, const T* ln_out, T* mlp_out);
-  void mlp_backward(int64_t l, const T* dmlp_out, T* dln);
+
+  void prepare(Activations& a, const int32_t* ids, int64_t batch, int64_t seq, bool for_training,
+               int64_t logit_rows);
+  void allocate_layer(LayerActivations& l, int64_t N, bool for_training);
+  void allocate_scratch(Activations& a, int64_t N);
+  void trunk_forward(Activations& a, bool keep_layers);
+  void layer_forward(Activations& s, LayerActivations& a, int64_t l, const Act* x, Act* out);
+  void attention_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out, Act* attn_out);
+  void dijiang_core_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out);
+  void mlp_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out, Act* mlp_out);
+  void layer_backward(int64_t l, const Act* dout, Act* dx);
+  void attention_backward(int64_t l, const Act* dattn_out, Act* dln);
+  void dijiang_core_backward(int64_t l, Act* dln);
+  void mlp_backward(int64_t l, const Act* dmlp_out, Act* dln);
 
   ModelConfig config_;
   ParameterLayout layout_;
-  std::vector<T> params_, grads_;
   std::vector<ParameterSegment> segments_;
-  SegmentStorage<T>* storage_ = nullptr;
-  std::vector<T*> held_params_, held_grads_;  // per segment, while acquired from storage_
-  Activations acts_;
+  cpu::DecayForm form_ = cpu::DecayForm::Chunkwise;
+  Ops ops_;
+  std::unique_ptr<OwnedStorage<Ops>> own_;
+  Storage* storage_ = nullptr;
+  std::vector<typename Storage::Parameters> held_params_;
+  std::vector<Grad*> held_grads_;
+  Activations acts_;   // training (and plain forward)
+  Activations eval_;   // evaluate(): one layer of activations
 };
 
-extern template class GPTNeoX<float>;
-extern template class GPTNeoX<double>;
+// The CPU model in float (training, evaluation) or double (reference evaluations and
+// finite-difference tests).
+template <typename T>
+using GPTNeoX = GPTNeoXModel<CpuOps<T>>;
+
+extern template class GPTNeoXModel<CpuOps<float>>;
+extern template class GPTNeoXModel<CpuOps<double>>;
+
+// The DiJiang attention form named in a config ("parallel", "chunkwise", "recurrent"); anything
+// else is an error naming `source`.
+cpu::DecayForm parse_decay_form(const std::string& name, const std::string& source);
 
 }  // namespace dj

@@ -43,6 +43,15 @@ std::vector<ParameterSegment> gpt_neox_segments(const ParameterLayout& layout, c
   return segments;
 }
 
+std::pair<int64_t, int64_t> flat_shard_range(int64_t total, int rank, int world) {
+  if (world < 1 || rank < 0 || rank >= world || total < 0)
+    fail("no rank {} of {} over {} values", rank, world, total);
+  // total * rank / world without the overflow of the product: rank and the remainder are small.
+  const int64_t quotient = total / world, remainder = total % world;
+  const auto start = [&](int64_t r) { return quotient * r + remainder * r / world; };
+  return {start(rank), start(int64_t{rank} + 1)};
+}
+
 namespace {
 std::string name_list(const std::vector<std::string>& names) {
   constexpr size_t kShown = 5;

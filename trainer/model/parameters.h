@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kernels/core/tensor.h"
@@ -51,19 +52,10 @@ struct ParameterSegment {
 };
 std::vector<ParameterSegment> gpt_neox_segments(const ParameterLayout& layout, const ModelConfig& config);
 
-// Where a model finds the parameters and gradients of a segment when it does not own them. The
-// model acquires a segment's parameters before using them and releases them after; it acquires
-// a segment's gradients before its backward adds to them and releases them once this backward
-// pass has added everything it will. Acquisitions of one segment never overlap themselves.
-template <typename T>
-class SegmentStorage {
- public:
-  virtual ~SegmentStorage() = default;
-  virtual T* acquire_parameters(int64_t segment) = 0;
-  virtual void release_parameters(int64_t segment) = 0;
-  virtual T* acquire_gradients(int64_t segment) = 0;
-  virtual void release_gradients(int64_t segment) = 0;
-};
+// The balanced slice of rank `rank` of `world` over a flat buffer of `total` values:
+// [total * rank / world, total * (rank + 1) / world). ZeRO shards the training state this way and
+// the flat checkpoints hold one such slice per rank file.
+std::pair<int64_t, int64_t> flat_shard_range(int64_t total, int rank, int world);
 
 // Checks that checkpoint tensors match a layout exactly: no missing or unexpected names, every
 // shape as declared, floating dtypes. With tied embeddings an `embed_out.weight` equal to

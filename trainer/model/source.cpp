@@ -1,5 +1,7 @@
 #include "trainer/model/source.h"
 
+#include <fstream>
+
 #include "kernels/core/error.h"
 #include "trainer/checkpoint/flat_checkpoint.h"
 #include "trainer/checkpoint/hf_directory.h"
@@ -51,6 +53,26 @@ ModelSource read_model_source(const std::filesystem::path& path) {
          path.string());
   }
   return source;
+}
+
+ModelConfig read_model_config(const std::filesystem::path& path) {
+  namespace fs = std::filesystem;
+  if (!fs::exists(path)) fail("{}: no such file or directory", path.string());
+  const auto parse_json = [](const fs::path& file) {
+    std::ifstream in(file);
+    nlohmann::json json = nlohmann::json::parse(in, nullptr, false);
+    if (!in || json.is_discarded()) fail("{}: not a readable JSON file", file.string());
+    return ModelConfig::from_hf_json(json, file.string());
+  };
+  if (fs::is_regular_file(path) && path.extension() == ".json") return parse_json(path);
+  if (is_flat_checkpoint(path)) {
+    FlatCheckpointReader reader(path);
+    return ModelConfig::from_hf_json(reader.config(), path.string());
+  }
+  // A directory exported for the reference DiJiang code without our config field reads as its
+  // softmax config here: its D1 tables are only found with the tensors.
+  if (!is_native_checkpoint(path) && is_hf_directory(path)) return parse_json(path / "config.json");
+  return read_model_source(path).config;
 }
 
 TensorMap validated_tensors(const ModelSource& source, DType dtype) {

@@ -26,6 +26,11 @@ struct ModelSource {
 // Reads config and tensors; the tensors are validated against the config when a model loads them.
 ModelSource read_model_source(const std::filesystem::path& path);
 
+// The model config alone, without reading tensors where the format allows: a GPT-NeoX config.json
+// file, a Hugging Face directory's config.json (a directory of the reference DiJiang code without
+// our config field reads as softmax), a flat checkpoint's header; a native checkpoint is read whole.
+ModelConfig read_model_config(const std::filesystem::path& path);
+
 // The model's tensors, checked against its config (check_tensors), each converted straight from
 // its stored dtype to `dtype` (one rounding at most).
 TensorMap validated_tensors(const ModelSource& source, DType dtype);

@@ -32,8 +32,9 @@
 #include "trainer/model/source.h"
 #include "trainer/optim/adamw.h"
 #include "trainer/report/plot.h"
-#include "trainer/train/gpu_training.h"
-#include "trainer/train/sharded_state.h"
+#include "trainer/train/gpu.h"
+#include "trainer/train/memory_plan.h"
+#include "trainer/train/training_state.h"
 #include "trainer/train/token_batches.h"
 
 namespace dj {
@@ -76,6 +77,24 @@ struct Metric {
   double loss, lr, grad_norm, tokens_per_s;
 };
 
+// Resident bytes of this process now (/proc/self/statm), and its peak since the last reset
+// (VmHWM; reset by writing 5 to /proc/self/clear_refs). 0 where /proc does not say.
+int64_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  int64_t size = 0, resident = 0;
+  if (!(statm >> size >> resident)) return 0;
+  return resident * sysconf(_SC_PAGESIZE);
+}
+
+int64_t peak_resident_bytes() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.starts_with("VmHWM:")) return std::stoll(line.substr(6)) * 1024;  // "VmHWM:   12345 kB"
+  return 0;
+}
+
+void reset_peak_resident() { std::ofstream("/proc/self/clear_refs") << "5"; }
+
 std::string duration_text(double seconds) {
   const auto s = static_cast<int64_t>(seconds + 0.5);
   if (s >= 3600) return fmt::format("{}h{:02d}m", s / 3600, (s % 3600) / 60);
@@ -87,10 +106,7 @@ class Run {
  public:
   Run(const Experiment& e, comm::Communicator& comm, bool resume)
       : e_(e), comm_(comm), rank_(comm.rank()), world_(comm.size()),
-        on_gpu_(selected_backend().backend == Backend::CUDA) {
-    if (on_gpu_ && world_ > 1 && e_.zero_stage != 0)
-      fail("ZeRO stage {} on GPUs is not built yet: several GPUs train data-parallel (distributed.zero_stage: 0, "
-           "gradients all-reduced over NCCL); stages 1-3 run on CPUs (--device cpu)", e_.zero_stage);
+        on_gpu_(select_backend().backend == Backend::CUDA) {
     if (!on_gpu_ && e_.precision != "f32")
       fail("precision {} needs a CUDA device; the CPU trains in f32 (set precision: f32)", e_.precision);
     if (rank_ == 0) fs::create_directories(e_.out_dir);
@@ -168,7 +184,7 @@ class Run {
                  static_cast<double>(trained_values_) / 1e6);
     spdlog::info("data: {} samples of {} tokens; {} sequences ({} tokens) per step; steps {} -> {}",
                  batches_->samples(), T, global, e_.tokens_per_step(), step_, e_.steps);
-    if (on_gpu_) spdlog::info("training on {} in {}", selected_backend().description, e_.precision);
+    spdlog::info("training on {}", state_->description());
     if (world_ > 1) {
       spdlog::info("distributed: {} ranks ({}), ZeRO stage {}; {}-{} sequences per rank in {} micro-batches", world_,
                    comm_.backend(), e_.zero_stage, global / world_, largest, micro_batches);
@@ -177,6 +193,9 @@ class Run {
                      "some ranks run padding passes", global, world_, e_.micro_batch);
     }
     TrainOutcome outcome;
+    // Resident memory outside the state now, and the peak from here on (the training's).
+    rss_outside_state_ = resident_bytes() - state_->memory().total();
+    reset_peak_resident();
     const auto start = std::chrono::steady_clock::now();
     const int64_t first_step = step_;
     comm_.reset_traffic();
@@ -188,38 +207,19 @@ class Run {
       if (batches_->streamed()) check_vocabulary(batch, e_.train_tokens);
       // {weighted loss, stop requested}: summed over ranks, so every rank decides alike.
       double shared[2] = {0.0, stop_requested.load() ? 1.0 : 0.0};
-      if (gpu_) gpu_->start_step();
-      else state_->start_step();
+      state_->start_step();
       for (int64_t k = 0; k < micro_batches; ++k) {
         const int64_t a = local * k / micro_batches, b = local * (k + 1) / micro_batches;
         // The gradient of the global mean loss: this micro-batch's mean weighted by its share.
         const double weight = static_cast<double>(b - a) / static_cast<double>(global);
-        if (gpu_) {
-          // Gradients are summed once per step, so a rank with fewer sequences just runs fewer passes.
-          if (b > a) shared[0] += gpu_->micro_batch(batch.data() + a * T, b - a, T, weight);
-          continue;
-        }
-        state_->start_micro_batch(k == 0, k + 1 == micro_batches);
-        if (b > a)
-          shared[0] += weight * model_->forward(batch.data() + a * T, b - a, T, true, weight);
-        else
-          model_->forward(batch.data(), 1, T, true, 0.0);
-        model_->backward();
+        // A rank with fewer sequences than micro-batches runs passes that carry no gradient.
+        const int32_t* ids = b > a ? batch.data() + a * T : batch.data();
+        shared[0] += state_->micro_batch(ids, b - a, T, weight, k == 0, k + 1 == micro_batches);
       }
-      float* grads = nullptr;
-      int64_t n = 0;
-      if (gpu_) {
-        gpu_->finish_gradients();
-      } else {
-        state_->finish_gradients();
-        grads = state_->update_gradients();
-        n = state_->update_count();
-        for (int64_t i = 0; i < n; ++i)
-          if (!update_[static_cast<size_t>(i)]) grads[i] = 0.0f;
-      }
+      state_->finish_gradients();
       comm_.all_reduce_host(shared, 2);
       const double loss = shared[0];
-      const double norm = std::sqrt(gpu_ ? gpu_->gradient_sum_of_squares() : state_->gradient_sum_of_squares());
+      const double norm = std::sqrt(state_->gradient_sum_of_squares());
       const double lr = learning_rate(step_, e_.lr, e_.min_lr, e_.warmup, e_.steps);
       if (!std::isfinite(loss) || !std::isfinite(norm)) {
         ++bad_steps_;
@@ -227,16 +227,8 @@ class Run {
                      std::isfinite(loss) ? "gradient norm" : "loss", std::isfinite(loss) ? norm : loss, bad_steps_);
       } else {
         bad_steps_ = 0;
-        const AdamWConfig adamw{e_.beta1, e_.beta2, e_.eps, e_.weight_decay};
-        if (gpu_) {
-          if (e_.grad_clip > 0) gpu_->clip(norm, e_.grad_clip);
-          gpu_->update(step_ + 1, lr, adamw);
-        } else {
-          if (e_.grad_clip > 0) clip_by_global_norm(grads, n, norm, e_.grad_clip);
-          adamw_step(state_->update_parameters(), state_->m(), state_->v(), grads, decay_.data(), update_.data(), n,
-                     step_ + 1, lr, adamw);
-          state_->finish_update();
-        }
+        if (e_.grad_clip > 0) state_->clip(norm, e_.grad_clip);
+        state_->update(step_ + 1, lr, AdamWConfig{e_.beta1, e_.beta2, e_.eps, e_.weight_decay});
       }
       ++step_;
       const double step_seconds =
@@ -319,31 +311,25 @@ class Run {
     }
   }
 
-  // The model with its parameters, gradients and moments in a ShardedState of the experiment's
-  // ZeRO stage; the update masks cover the range this rank updates.
-  // On a GPU the whole state lives on the device instead (GpuTraining), one rank.
+  // The model with its parameters, gradients and moments in a ZeRO state of the experiment's stage,
+  // on the CPU or the GPU; the update masks cover the range this rank updates.
   void make_state(const ModelConfig& config) {
     config_ = config;
     layout_ = ParameterLayout::gpt_neox(config);
+    const int stage = static_cast<int>(e_.zero_stage);
     if (on_gpu_) {
-      gpu_ = make_gpu_training(config, e_.precision, comm_);
+      // Refused before anything is allocated when the plan does not fit the device.
+      const RankMemory planned = plan_rank_memory(plan_input(e_, config, world_, stage, true), rank_);
+      state_ = gpu::make_training_state(config, stage, e_.precision, comm_, planned.total(),
+                                        plan_table(e_, config, world_, true, gpu::device_memory().total));
     } else {
-      model_ = std::make_unique<GPTNeoX<float>>(config);
-      state_ = std::make_unique<ShardedState>(comm_, static_cast<int>(e_.zero_stage), model_->segments());
-      model_->use_storage(state_.get());
+      state_ = make_cpu_training_state(config, stage, comm_);
     }
     build_masks();
-    if (gpu_) gpu_->set_masks(decay_, update_);
+    state_->set_masks(decay_, update_);
   }
 
-  void load(const ShardedState::Reader& read, bool with_moments) {
-    if (gpu_) gpu_->load(read, with_moments);
-    else state_->load(read, with_moments);
-  }
-
-  // The range of the flat buffers this rank updates.
-  int64_t update_begin() const { return gpu_ ? 0 : state_->update_begin(); }
-  int64_t update_end() const { return gpu_ ? layout_.total() : state_->update_end(); }
+  void load(const TrainingState::Reader& read, bool with_moments) { state_->load(read, with_moments); }
 
   void check_optimizer_state(const ModelSource& source, const fs::path& from) const {
     for (const auto& view : layout_.views())
@@ -355,7 +341,7 @@ class Run {
   }
 
   void build_masks() {
-    const int64_t begin = update_begin(), end = update_end();
+    const int64_t begin = state_->update_begin(), end = state_->update_end();
     decay_.assign(static_cast<size_t>(end - begin), 0);
     update_.assign(decay_.size(), 0);
     trained_values_ = 0;
@@ -392,13 +378,13 @@ class Run {
 
   // Mean loss over consecutive windows of seq_len + 1 validation tokens, as `dijiang eval` cuts
   // them. The ranks share the windows (a contiguous run each, the last also taking the shorter
-  // tail) and sum their losses; on the CPU at stage 3 the forward gathers parameters
-  // collectively, so there every rank evaluates every window instead. Rank 0 reports.
+  // tail) and sum their losses; at stage 3 the forward gathers parameters collectively, so there
+  // every rank evaluates every window instead. Rank 0 reports.
   void validate() {
     if (valid_.size() < 2) return;
     const comm::Traffic before = comm_.traffic();
     const int64_t window = e_.seq_len + 1, n = static_cast<int64_t>(valid_.size());
-    const bool shared = world_ > 1 && (gpu_ || e_.zero_stage < 3);
+    const bool shared = world_ > 1 && e_.zero_stage < 3;
     std::vector<int32_t> part;
     if (shared) {
       const int64_t full = n / window;
@@ -409,8 +395,7 @@ class Run {
     const std::vector<int32_t>& ids = shared ? part : valid_;
     double sums[2] = {0.0, 0.0};  // {loss sum, predictions}
     if (ids.size() >= 2) {
-      const EvalResult r = gpu_ ? gpu_->evaluate(ids, window, e_.micro_batch)
-                                : evaluate_windows(*model_, ids, window, e_.micro_batch);
+      const EvalResult r = state_->evaluate(ids, window, e_.micro_batch);
       sums[0] = r.loss_sum;
       sums[1] = static_cast<double>(r.predicted);
     }
@@ -445,10 +430,10 @@ class Run {
       checkpoint.config = config_.to_hf_json();
       checkpoint.metadata = metadata();
       std::vector<float> params, m, v;
-      if (gpu_) gpu_->download(params, m, v);
-      const float* owned_params = gpu_ ? params.data() : state_->owned_parameters();
-      const float* owned_m = gpu_ ? m.data() : state_->owned_m();
-      const float* owned_v = gpu_ ? v.data() : state_->owned_v();
+      state_->download_owned(params, m, v);
+      const float* owned_params = params.data();
+      const float* owned_m = m.data();
+      const float* owned_v = v.data();
       for (const auto& view : layout_.views()) {
         const auto part = [&](const float* flat) {
           Tensor t(DType::F32, view.shape);
@@ -476,17 +461,14 @@ class Run {
       }
     }
     comm_.agree(error);
-    // Every rank's slice of the flat buffers (on GPUs each rank holds everything: its slice of it).
-    const auto [begin, end] = flat_shard_range(layout_.total(), rank_, world_);
+    // Every rank's slice of the flat buffers.
+    const int64_t begin = state_->owned_begin(), end = state_->owned_end();
     std::vector<float> params, m, v;
-    if (gpu_) gpu_->download(params, m, v);
+    state_->download_owned(params, m, v);
     FlatShardHeader header{rank_, world_, begin, end, layout_.total(), config_.to_hf_json(), metadata()};
     error.clear();
     try {
-      if (gpu_)
-        write_flat_shard(staging, header, params.data() + begin, m.data() + begin, v.data() + begin);
-      else
-        write_flat_shard(staging, header, state_->owned_parameters(), state_->owned_m(), state_->owned_v());
+      write_flat_shard(staging, header, params.data(), m.data(), v.data());
     } catch (const Error& e) {
       error = e.what();
     }
@@ -558,17 +540,17 @@ class Run {
   // the peak resident memory of the process, and the communication of an average step. Rank 0
   // logs the table and writes it to resources.json in the output directory.
   void report_resources(int64_t first_step) {
-    if (gpu_) {
-      spdlog::info("resources: {}", gpu_->memory_report());
-      return;
-    }
+    if (const std::string device = state_->device_memory_report(); !device.empty())
+      spdlog::info("device memory: {}", device);
     const int64_t steps = std::max<int64_t>(1, step_ - first_step);
     rusage usage{};
     getrusage(RUSAGE_SELF, &usage);
-    const ShardedState::Memory peak = state_->peak_memory();
+    const StateMemory peak = state_->peak_memory();
     comm::Traffic t = comm_.traffic();
     t.all_gather -= validation_traffic_.all_gather;
-    constexpr int kFields = 9;
+    const RankMemory plan =
+        plan_rank_memory(plan_input(e_, config_, world_, static_cast<int>(e_.zero_stage), on_gpu_), rank_);
+    constexpr int kFields = 18;
     std::vector<double> table(static_cast<size_t>(world_ * kFields), 0.0);
     double* mine = table.data() + rank_ * kFields;
     const double values[kFields] = {static_cast<double>(peak.parameters), static_cast<double>(peak.gradients),
@@ -577,7 +559,13 @@ class Run {
                                     static_cast<double>(t.all_reduce) / static_cast<double>(steps),
                                     static_cast<double>(t.reduce_scatter) / static_cast<double>(steps),
                                     static_cast<double>(t.all_gather) / static_cast<double>(steps),
-                                    static_cast<double>(t.total()) / static_cast<double>(steps)};
+                                    static_cast<double>(t.total()) / static_cast<double>(steps),
+                                    static_cast<double>(peak_resident_bytes()),
+                                    static_cast<double>(rss_outside_state_),
+                                    static_cast<double>(plan.parameters), static_cast<double>(plan.compute_copy),
+                                    static_cast<double>(plan.gradients), static_cast<double>(plan.optimizer),
+                                    static_cast<double>(plan.activations), static_cast<double>(plan.workspace),
+                                    static_cast<double>(plan.total())};
     std::copy(values, values + kFields, mine);
     comm_.all_reduce_host(table.data(), static_cast<int64_t>(table.size()));
     if (rank_ != 0) return;
@@ -593,6 +581,13 @@ class Run {
       ranks.push_back({{"rank", r},
                        {"state_bytes", {{"parameters", v[0]}, {"gradients", v[1]}, {"optimizer", v[2]}, {"total", v[3]}}},
                        {"max_rss_bytes", v[4]},
+                       // The peak resident memory while training, and what was resident outside the
+                       // state when training began: their difference is what the plan predicts.
+                       {"max_rss_training_bytes", v[9]},
+                       {"rss_outside_state_bytes", v[10]},
+                       {"plan_bytes",
+                        {{"parameters", v[11]}, {"compute_copy", v[12]}, {"gradients", v[13]}, {"optimizer", v[14]},
+                         {"activations", v[15]}, {"workspace", v[16]}, {"total", v[17]}}},
                        {"bytes_per_step",
                         {{"all_reduce", v[5]}, {"reduce_scatter", v[6]}, {"all_gather", v[7]}, {"total", v[8]}}}});
     }
@@ -610,11 +605,10 @@ class Run {
   const bool on_gpu_;
   ModelConfig config_;
   ParameterLayout layout_;
-  // The CPU's model on its sharded state, or the whole state on a GPU.
-  std::unique_ptr<GPTNeoX<float>> model_;
-  std::unique_ptr<ShardedState> state_;
-  std::unique_ptr<GpuTraining> gpu_;
+  // The model and its ZeRO state, on the CPU or the GPU.
+  std::unique_ptr<TrainingState> state_;
   std::vector<uint8_t> decay_, update_;  // over the range this rank updates
+  int64_t rss_outside_state_ = 0;
   int64_t trained_values_ = 0;
   std::unique_ptr<TokenBatches> batches_;
   std::vector<int32_t> valid_;

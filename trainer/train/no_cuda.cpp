@@ -1,0 +1,20 @@
+// The GPU entry points of trainer/train/gpu.h in builds without the CUDA backend. The backend
+// selection (kernels/backend.h) never picks the GPU in such builds, so these are reached only by
+// a caller that skipped it.
+#include "kernels/core/error.h"
+#include "trainer/train/gpu.h"
+
+namespace dj::gpu {
+
+std::unique_ptr<TrainingState> make_training_state(const ModelConfig&, int, const std::string&, comm::Communicator&,
+                                                   int64_t, const std::string&) {
+  fail("this build of dijiang has no CUDA backend");
+}
+
+DeviceMemory device_memory() { fail("this build of dijiang has no CUDA backend"); }
+
+EvalResult evaluate(const ModelSource&, const std::vector<int32_t>&, int64_t, int64_t, const std::string&) {
+  fail("this build of dijiang has no CUDA backend");
+}
+
+}  // namespace dj::gpu

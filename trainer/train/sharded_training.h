@@ -1,0 +1,70 @@
+// TrainingState over a backend: GPTNeoXModel<Ops> on a ShardedState<Ops>. Included by the files
+// that instantiate it (training_state.cpp for the CPU, cuda_training.cpp for the GPU).
+#pragma once
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "trainer/model/gpt_neox_impl.h"
+#include "trainer/train/sharded_state_impl.h"
+#include "trainer/train/training_state.h"
+
+namespace dj {
+
+template <class Ops>
+class ShardedTraining : public TrainingState {
+ public:
+  // `comm` carries the collectives on the backend's buffers and must outlive this.
+  ShardedTraining(const ModelConfig& config, int stage, comm::Communicator& comm, Ops ops, std::string description)
+      : description_(std::move(description)), model_(config, ops), state_(comm, stage, model_.segments(), ops) {
+    model_.use_storage(&state_);
+  }
+
+  std::string description() const override { return description_; }
+  int zero_stage() const override { return state_.stage(); }
+  int64_t update_begin() const override { return state_.update_begin(); }
+  int64_t update_end() const override { return state_.update_end(); }
+  int64_t owned_begin() const override { return state_.owned_begin(); }
+  int64_t owned_end() const override { return state_.owned_end(); }
+  void load(const Reader& read, bool with_moments) override { state_.load(read, with_moments); }
+  void set_masks(const std::vector<uint8_t>& decay, const std::vector<uint8_t>& update) override {
+    state_.set_masks(decay, update);
+  }
+  void start_step() override { state_.start_step(); }
+  double micro_batch(const int32_t* ids, int64_t count, int64_t tokens, double weight, bool first,
+                     bool last) override {
+    state_.start_micro_batch(first, last);
+    double loss = 0.0;
+    if (count > 0)
+      loss = weight * model_.forward(ids, count, tokens, true, weight);
+    else
+      model_.forward(ids, 1, tokens, true, 0.0);
+    model_.backward();
+    return loss;
+  }
+  void finish_gradients() override { state_.finish_gradients(); }
+  double gradient_sum_of_squares() override { return state_.gradient_sum_of_squares(); }
+  void clip(double norm, double max_norm) override { state_.clip(norm, max_norm); }
+  void update(int64_t step, double lr, const AdamWConfig& config) override { state_.update(step, lr, config); }
+  EvalResult evaluate(const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch) override {
+    return evaluate_windows(model_, ids, seq_len, batch);
+  }
+  void download_owned(std::vector<float>& params, std::vector<float>& m, std::vector<float>& v) override {
+    state_.download_owned(params, m, v);
+  }
+  StateMemory memory() const override { return state_.memory(); }
+  StateMemory peak_memory() const override { return state_.peak_memory(); }
+  std::string device_memory_report() const override { return model_ops_report(); }
+
+ protected:
+  virtual std::string model_ops_report() const { return ""; }
+  GPTNeoXModel<Ops>& model() { return model_; }
+
+ private:
+  std::string description_;
+  GPTNeoXModel<Ops> model_;
+  ShardedState<Ops> state_;
+};
+
+}  // namespace dj
