@@ -1,4 +1,4 @@
-// The decayed causal linear attention of DiJiang (shared/reference/dijiang.md, section 2 step 6
+// The decayed causal linear attention of DiJiang (docs/method.md, section 2 step 6
 // and section 4) in its three forms, plus the decoding step and the prefill state:
 //
 //   o_i = Σ_{j<=i} γ^(i−j) ⟨fq_i, fk_j⟩ v_j,   γ = exp(log γ) per head.

@@ -1,4 +1,4 @@
-// DiJiang attention on the CPU (shared/reference/dijiang.md, sections 2-4): the DCT-based
+// DiJiang attention on the CPU (docs/method.md, sections 2-4): the DCT-based
 // feature map, the decayed causal linear attention in its three equivalent forms, GroupNorm and
 // the swish gate. Each op has a forward and a backward; T is float or double. Layouts are
 // row-major; "BH" rows are (batch, head) pairs and row bh belongs to head bh % H. The attention

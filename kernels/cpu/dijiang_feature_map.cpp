@@ -1,4 +1,4 @@
-// The DiJiang feature map (shared/reference/dijiang.md, section 2 steps 3-4 and section 4):
+// The DiJiang feature map (docs/method.md, section 2 steps 3-4 and section 4):
 // φ(x) = softmax(x · P) with P = C · diag(t), C the orthonormal DCT-II matrix, and the optional
 // learned per-head feature weights of the paper (section 3).
 //

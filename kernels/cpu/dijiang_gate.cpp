@@ -1,4 +1,4 @@
-// The swish output gate of a DiJiang layer (shared/reference/dijiang.md, section 2 step 8):
+// The swish output gate of a DiJiang layer (docs/method.md, section 2 step 8):
 // y = silu(g) ⊙ x with g = a · W_G and x = GN(o).
 #include <cmath>
 #include <cstdint>

@@ -1,4 +1,4 @@
-// GroupNorm over the merged head outputs (shared/reference/dijiang.md, section 2 step 7): each
+// GroupNorm over the merged head outputs (docs/method.md, section 2 step 7): each
 // row of `channels` values is split into `groups` groups of channels / groups consecutive
 // channels, each normalised with its own mean and biased variance, then a per-channel affine.
 // The DiJiang default is groups = d over channels = H d, so each group holds H consecutive

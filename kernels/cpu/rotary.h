@@ -1,5 +1,5 @@
 // Partial rotary position embedding (GPT-NeoX): rotates the first rotary_dims of each head
-// vector, pairing dimension i with i + rotary_dims/2 (shared/reference/pythia.md, section 2.3).
+// vector, pairing dimension i with i + rotary_dims/2 (docs/pythia.md, section 2 step 3).
 #pragma once
 #include <cstdint>
 

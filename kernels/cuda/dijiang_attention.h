@@ -1,5 +1,5 @@
 // CUDA kernels of DiJiang attention and of the softmax-attention teacher
-// (shared/reference/dijiang.md, sections 2-4). The CPU references are in kernels/cpu/dijiang.h and
+// (docs/method.md, sections 2-4). The CPU references are in kernels/cpu/dijiang.h and
 // kernels/cpu/attention.h; each op here computes the same function with the same layouts:
 // row-major, "BH" rows are (batch, head) pairs and row bh belongs to head bh % H.
 //

@@ -1,4 +1,4 @@
-// DiJiang's decayed causal linear attention on the GPU (shared/reference/dijiang.md, section 4):
+// DiJiang's decayed causal linear attention on the GPU (docs/method.md, section 4):
 //
 //   o_i = Σ_{j<=i} γ^(i−j) ⟨fq_i, fk_j⟩ v_j,   γ = exp(log γ) per head,
 //

@@ -1,4 +1,4 @@
-// DiJiang feature map on the GPU (shared/reference/dijiang.md, section 2 steps 3-4, section 4):
+// DiJiang feature map on the GPU (docs/method.md, section 2 steps 3-4, section 4):
 // s = softmax(x · P) over the d features of each row, its backward, and the optional learned
 // per-head feature weights phi = w[h] ⊙ s.
 //

@@ -1,4 +1,4 @@
-// GroupNorm fused with DiJiang's swish output gate (shared/reference/dijiang.md, section 2 steps
+// GroupNorm fused with DiJiang's swish output gate (docs/method.md, section 2 steps
 // 7-8): y = silu(g) ⊙ GN(x), GN(x) = x̂ w + b with x̂ = (x − mean) rstd per group of
 // channels / groups consecutive channels (biased variance). Same meaning as
 // cpu::group_norm_forward followed by cpu::silu_gate_forward, and their backwards in reverse.

@@ -10,8 +10,9 @@
 //   - every CUDA call goes through DJ_CUDA (throws with the call and the error string), and
 //     ctx.sync() after launches catches asynchronous errors;
 //   - results are compared with ctx.compare(name, got, expected, threshold): the relative error
-//     ‖got − expected‖₂ / ‖expected‖₂ (and any non-finite value fails), thresholds from
-//     METHOD.md: fp32 paths 1e-5 unless a reduction order justifies more, bf16 inputs 1e-2.
+//     ‖got − expected‖₂ / ‖expected‖₂ (and any non-finite value fails), with thresholds:
+//     fp32 paths 1e-5 unless a reduction order justifies more, bf16 inputs 1e-2 (the rounding of
+//     bf16 operands and outputs, about 2^-8 relative, summed over a product).
 #pragma once
 #include <cuda_runtime_api.h>
 

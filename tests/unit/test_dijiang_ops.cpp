@@ -314,7 +314,7 @@ TEST(DiJiangGradcheck, SiluGate) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The reference equations, literally (shared/reference/dijiang.md, section 2 steps 3-6): the
+// The reference equations, literally (docs/method.md, section 2 steps 3-6): the
 // position tables D1[h][i] = γ_h^i, D2[h][j] = γ_h^(−j) and the full masked n x n matrix
 // A_ij = ⟨φ(q_i), φ(k_j)⟩ D1[i] D2[j] (j <= i), o = A v, with φ(x) = softmax(x · P). γ^(−j) is
 // harmless in double at these lengths (γ^(−256) < 4e3 for the schedule's smallest γ, 31/32).

@@ -239,7 +239,7 @@ TEST(OpsGelu, FloatMatchesDouble) {
 // ---------------------------------------------------------------------------------------------
 // rotary
 
-// The formula of pythia.md 2.3, written out directly.
+// The formula of docs/pythia.md, section 2 step 3, written out directly.
 std::vector<double> direct_rotary(std::vector<double> x, int64_t BH, int64_t T_len, int64_t d,
                                   int64_t r, int64_t offset) {
   for (int64_t bh = 0; bh < BH; ++bh)

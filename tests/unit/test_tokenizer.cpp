@@ -1,5 +1,5 @@
 // The GPT-NeoX tokenizer against goldens recorded from Hugging Face `tokenizers`
-// (tests/fixtures/make_tokenizer_fixtures.py) and the checked outputs of pythia.md section 5.
+// (tests/fixtures/make_tokenizer_fixtures.py) and the checked outputs of docs/pythia.md, section 5.
 #include <gtest/gtest.h>
 #include <utf8proc.h>
 

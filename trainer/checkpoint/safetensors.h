@@ -1,4 +1,4 @@
-// The safetensors format (shared/reference/pythia.md, section 3).
+// The safetensors format (docs/pythia.md, section 3).
 #pragma once
 #include <filesystem>
 #include <map>

@@ -50,7 +50,7 @@ void register_export(CLI::App& app) {
     ModelSource source = read_model_source(o->from);
     const DType dtype = parse_floating_dtype(o->dtype);
     TensorMap tensors = validated_tensors(source, dtype);
-    // DiJiang models are written in the reference modeling code's layout (dijiang.md, section 5).
+    // DiJiang models are written in the reference modeling code's layout (docs/method.md, section 5).
     if (source.config.is_dijiang()) tensors = export_interchange(tensors, source.config, dtype);
     const fs::path tokenizer = find_tokenizer(*o, source);
     const nlohmann::json config = source.config.to_hf_json(source.hf_config, torch_dtype_name(o->dtype));

@@ -1,4 +1,4 @@
-// Megatron / GPT-NeoX "MMIDIDX" indexed datasets (shared/reference/pythia.md, section 4). The
+// Megatron / GPT-NeoX "MMIDIDX" indexed datasets (docs/pythia.md, section 4). The
 // writer reproduces GPT-NeoX megatron/data/indexed_dataset.py (MMapIndexedDataset.Index.writer and
 // MMapIndexedDatasetBuilder) byte for byte; the reader validates everything that file trusts.
 #include "trainer/data/indexed_dataset.h"

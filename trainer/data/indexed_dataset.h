@@ -1,5 +1,5 @@
 // Megatron / GPT-NeoX indexed datasets (".bin" tokens + ".idx" index, "MMIDIDX"), the format of
-// Pythia's training data (shared/reference/pythia.md, section 4): reading (memory-mapped, shards
+// Pythia's training data (docs/pythia.md, section 4): reading (memory-mapped, shards
 // joined) and writing byte-compatible files.
 #pragma once
 #include <cstdint>

@@ -1,4 +1,4 @@
-// The GPT-NeoX tokenizer (shared/reference/pythia.md, section 5), read from a Hugging Face
+// The GPT-NeoX tokenizer (docs/pythia.md, section 5), read from a Hugging Face
 // tokenizer.json: NFC normalisation (utf8proc), added tokens matched first, the GPT-2 byte-level
 // pre-tokenizer regex (PCRE2), byte-to-unicode mapping and BPE merges; decode reverses it.
 #pragma once

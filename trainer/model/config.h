@@ -11,7 +11,7 @@ namespace dj {
 
 enum class AttentionKind { Softmax, DiJiang };
 
-// DiJiang attention options (shared/reference/dijiang.md). Stored in config.json as the object
+// DiJiang attention options (docs/method.md). Stored in config.json as the object
 // "dijiang" beside "attention_kind": "dijiang".
 struct DiJiangOptions {
   std::string sampling = "qmc";  // qmc (stratified, the paper's intent) or mc (the reference code's)

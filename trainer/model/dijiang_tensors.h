@@ -1,5 +1,5 @@
 // The tensors DiJiang attention adds to each GPT-NeoX layer: their initialisation when a softmax
-// model is converted (shared/reference/dijiang.md, sections 2-3), and the interchange layout
+// model is converted (docs/method.md, sections 2-3), and the interchange layout
 // for the reference modeling code (section 5).
 //
 // Native names, per layer under gpt_neox.layers.{i}.attention.:

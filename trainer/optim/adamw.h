@@ -1,5 +1,5 @@
 // AdamW on flat buffers (decoupled weight decay, as torch.optim.AdamW), global-norm gradient
-// clipping, and Pythia's learning-rate schedule (shared/reference/pythia.md, section 1).
+// clipping, and Pythia's learning-rate schedule (docs/pythia.md, section 1).
 #pragma once
 #include <cstdint>
 #include <vector>
