@@ -39,6 +39,7 @@ class MpiRequest final : public Request {
 
   std::vector<MPI_Request> requests;
   std::vector<int> counts, displacements;
+  std::vector<std::vector<int>> window_counts;  // a chunked reduce_scatter's per-call counts
 };
 
 int64_t checked_count(const char* operation, const char* what, int64_t value) {
@@ -111,12 +112,31 @@ std::unique_ptr<Request> MpiCommunicator::reduce_scatter_async(const float* send
                                                                std::span<const int64_t> counts) {
   auto request = std::make_unique<MpiRequest>();
   const int64_t total = fill_counts("reduce_scatter", counts, size_, *request, false);
-  // In place, MPI takes the input from `recv` and leaves this rank's block at its start: the
-  // result asked for, without the overlap MPI forbids.
-  const void* source = send == recv ? MPI_IN_PLACE : send;
-  check(MPI_Ireduce_scatter(source, recv, request->counts.data(), MPI_FLOAT, MPI_SUM, comm_,
-                            &request->requests.emplace_back(MPI_REQUEST_NULL)),
-        "MPI_Ireduce_scatter");
+  if (send == recv || total <= max_chunk_) {
+    // In place, MPI takes the input from `recv` and leaves this rank's block at its start: the
+    // result asked for, without the overlap MPI forbids.
+    const void* source = send == recv ? MPI_IN_PLACE : send;
+    check(MPI_Ireduce_scatter(source, recv, request->counts.data(), MPI_FLOAT, MPI_SUM, comm_,
+                              &request->requests.emplace_back(MPI_REQUEST_NULL)),
+          "MPI_Ireduce_scatter");
+  } else {
+    // Windows of the flat send buffer: the blocks lie in rank order, so each window is a smaller
+    // reduce-scatter whose counts are the owners' parts inside it (zero for the others).
+    std::vector<int64_t> start(static_cast<size_t>(size_) + 1, 0);
+    for (int r = 0; r < size_; ++r) start[static_cast<size_t>(r) + 1] = start[static_cast<size_t>(r)] + counts[static_cast<size_t>(r)];
+    const int64_t own_begin = start[static_cast<size_t>(rank_)], own_end = start[static_cast<size_t>(rank_) + 1];
+    for (int64_t w0 = 0; w0 < total; w0 += max_chunk_) {
+      const int64_t w1 = std::min(total, w0 + max_chunk_);
+      std::vector<int>& window = request->window_counts.emplace_back(static_cast<size_t>(size_), 0);
+      for (int r = 0; r < size_; ++r)
+        window[static_cast<size_t>(r)] = static_cast<int>(std::max<int64_t>(
+            0, std::min(w1, start[static_cast<size_t>(r) + 1]) - std::max(w0, start[static_cast<size_t>(r)])));
+      float* target = recv + std::clamp(w0, own_begin, own_end) - own_begin;
+      check(MPI_Ireduce_scatter(send + w0, target, window.data(), MPI_FLOAT, MPI_SUM, comm_,
+                                &request->requests.emplace_back(MPI_REQUEST_NULL)),
+            "MPI_Ireduce_scatter");
+    }
+  }
   traffic_.reduce_scatter += total * static_cast<int64_t>(sizeof(float));
   return request;
 }

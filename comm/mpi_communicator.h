@@ -14,10 +14,14 @@ namespace dj::comm {
 
 class MpiCommunicator final : public Communicator {
  public:
-  // MPI counts are int, so an all_reduce goes out in calls of at most `max_chunk` values (several
-  // MPI requests behind one Request); tests lower it to exercise the split. Initialises MPI unless
-  // it already is, and then finalises it on destruction.
-  explicit MpiCommunicator(int64_t max_chunk = int64_t{1} << 30);
+  // All-reduces and reduce-scatters go out in calls of at most `max_chunk` values (several MPI
+  // requests behind one Request): MPI counts are int, and Open MPI's nonblocking collectives
+  // allocate temporaries as large as a call's data (an all-reduce on every rank, a reduce-scatter on
+  // its root), so chunks of 1M values keep those to a few MiB whatever the model's size. Tests lower
+  // it to exercise the split. Initialises MPI unless it already is, and then finalises it on
+  // destruction.
+  static constexpr int64_t kDefaultChunk = int64_t{1} << 20;
+  explicit MpiCommunicator(int64_t max_chunk = kDefaultChunk);
   ~MpiCommunicator() override;
   MpiCommunicator(const MpiCommunicator&) = delete;
   MpiCommunicator& operator=(const MpiCommunicator&) = delete;

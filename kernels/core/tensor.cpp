@@ -83,6 +83,15 @@ std::vector<double> Tensor::to_f64_vector() const {
   return out;
 }
 
+Tensor Tensor::borrowed(DType dtype, Shape shape, const void* data) {
+  Tensor out;
+  out.dtype_ = dtype;
+  out.shape_ = std::move(shape);
+  // The aliasing constructor: no control block owns `data`, so nothing frees it.
+  out.data_ = std::shared_ptr<std::byte[]>(std::shared_ptr<std::byte[]>(), static_cast<std::byte*>(const_cast<void*>(data)));
+  return out;
+}
+
 Tensor Tensor::reshaped(Shape shape) const {
   if (shape_numel(shape) != numel())
     fail("cannot reshape {} to {}", shape_string(shape_), shape_string(shape));

@@ -46,6 +46,9 @@ class Tensor {
   // All elements as double (any floating or integer dtype).
   std::vector<double> to_f64_vector() const;
   Tensor reshaped(Shape shape) const;  // shares storage; numel must match
+  // A tensor over memory it does not own (no copy): the memory must outlive the tensor and every
+  // copy of it.
+  static Tensor borrowed(DType dtype, Shape shape, const void* data);
 
  private:
   void check_type(DType requested) const;

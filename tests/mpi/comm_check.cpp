@@ -308,6 +308,17 @@ void check_chunked_all_reduce() {
     CHECK(b[i] == sum_over_ranks(chunked.size(), static_cast<int64_t>(i), 31), "chunked b[{}]", i);
   CHECK(chunked.traffic().all_reduce == (4 + 5 + 23 + 1001 + 17 + 9) * 4, "chunked traffic {}",
         chunked.traffic().all_reduce);
+  // Reduce-scatters over windows of 5 values: blocks that span windows, blocks inside one, empty
+  // blocks.
+  const int n = chunked.size();
+  for (const std::vector<int64_t>& counts :
+       {std::vector<int64_t>(static_cast<size_t>(n), 7), std::vector<int64_t>(static_cast<size_t>(n), 2)}) {
+    std::vector<int64_t> uneven = counts;
+    uneven[0] = 0;
+    if (n > 1) uneven[static_cast<size_t>(n) - 1] = 13;
+    check_reduce_scatter(chunked, counts, 40);
+    check_reduce_scatter(chunked, uneven, 41);
+  }
 }
 #endif
 

@@ -92,8 +92,9 @@ class ShardedState final : public ModelStorage<Ops> {
   // AdamW over the update range, then the new parameters made visible to every rank.
   void update(int64_t step, double lr, const AdamWConfig& config);
 
-  // Host copies of this rank's slice [owned_begin, owned_end) of each buffer, for checkpoints.
-  void download_owned(std::vector<float>& params, std::vector<float>& m, std::vector<float>& v);
+  // Calls fn(params, m, v) with host memory holding this rank's slice [owned_begin, owned_end) of
+  // each buffer, for checkpoints: the buffers themselves on the host, copies of them on a device.
+  void with_owned(const std::function<void(const float*, const float*, const float*)>& fn);
   // The gradients of the update range (after finish_gradients), on the backend.
   const float* update_gradients() const;
 

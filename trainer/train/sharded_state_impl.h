@@ -230,8 +230,12 @@ void ShardedState<Ops>::release_gradients(int64_t segment) {
   const ParameterSegment& seg = segments_[s];
   const SegmentPlan& plan = plans_[s];
   auto pending = std::make_unique<Pending>();
+  if (stage_ <= 1 && !last_micro_batch_) return;  // accumulate locally until the step's last micro-batch
+  // One segment's reduction stays in flight while the next segment's backward runs: more would
+  // hold more buffers (at stages 2-3 an embedding-sized segment buffer each; with MPI, the
+  // temporaries of its nonblocking collectives) for little gain.
+  while (!pending_.empty()) complete_oldest();
   if (stage_ <= 1) {
-    if (!last_micro_batch_) return;  // accumulate locally until the step's last micro-batch
     if (stage_ == 0) {
       pending->what = "gradient all-reduce";
       pending->request = comm_.all_reduce_async(grads_.data() + seg.begin, seg.size());
@@ -241,9 +245,6 @@ void ShardedState<Ops>::release_gradients(int64_t segment) {
                                                     grad_slice_.data() + (plan.owned_lo - owned_begin()), plan.counts);
     }
   } else {
-    // One segment's reduction stays in flight while the next segment's backward runs; more would
-    // hold more segment buffers (an embedding-sized one each) for little gain.
-    while (!pending_.empty()) complete_oldest();
     pending->what = "gradient reduce-scatter";
     pending->send = std::move(held_grads_[s]);
     held_grads_[s] = Array<float>();
@@ -338,15 +339,18 @@ void ShardedState<Ops>::update(int64_t step, double lr, const AdamWConfig& confi
 }
 
 template <class Ops>
-void ShardedState<Ops>::download_owned(std::vector<float>& params, std::vector<float>& m, std::vector<float>& v) {
+void ShardedState<Ops>::with_owned(const std::function<void(const float*, const float*, const float*)>& fn) {
   const int64_t n = owned_end() - owned_begin();
-  params.resize(static_cast<size_t>(n));
-  m.resize(static_cast<size_t>(n));
-  v.resize(static_cast<size_t>(n));
   const int64_t p0 = stage_ == 3 ? 0 : owned_begin(), m0 = stage_ == 0 ? owned_begin() : 0;
-  ops_.download(params.data(), params_.data() + p0, n);
-  ops_.download(m.data(), m_.data() + m0, n);
-  ops_.download(v.data(), v_.data() + m0, n);
+  if constexpr (!Ops::kOnDevice) {
+    fn(params_.data() + p0, m_.data() + m0, v_.data() + m0);
+  } else {
+    std::vector<float> params(static_cast<size_t>(n)), m(params.size()), v(params.size());
+    ops_.download(params.data(), params_.data() + p0, n);
+    ops_.download(m.data(), m_.data() + m0, n);
+    ops_.download(v.data(), v_.data() + m0, n);
+    fn(params.data(), m.data(), v.data());
+  }
 }
 
 }  // namespace dj

@@ -50,9 +50,7 @@ class ShardedTraining : public TrainingState {
   EvalResult evaluate(const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch) override {
     return evaluate_windows(model_, ids, seq_len, batch);
   }
-  void download_owned(std::vector<float>& params, std::vector<float>& m, std::vector<float>& v) override {
-    state_.download_owned(params, m, v);
-  }
+  void with_owned(const OwnedFn& fn) override { state_.with_owned(fn); }
   StateMemory memory() const override { return state_.memory(); }
   StateMemory peak_memory() const override { return state_.peak_memory(); }
   std::string device_memory_report() const override { return model_ops_report(); }

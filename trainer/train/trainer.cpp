@@ -429,23 +429,16 @@ class Run {
       NativeCheckpoint checkpoint;
       checkpoint.config = config_.to_hf_json();
       checkpoint.metadata = metadata();
-      std::vector<float> params, m, v;
-      state_->download_owned(params, m, v);
-      const float* owned_params = params.data();
-      const float* owned_m = m.data();
-      const float* owned_v = v.data();
-      for (const auto& view : layout_.views()) {
-        const auto part = [&](const float* flat) {
-          Tensor t(DType::F32, view.shape);
-          std::memcpy(t.bytes(), flat + view.offset, t.nbytes());
-          return t;
-        };
-        checkpoint.tensors.emplace(view.name, part(owned_params));
-        checkpoint.tensors.emplace("optimizer.m." + view.name, part(owned_m));
-        checkpoint.tensors.emplace("optimizer.v." + view.name, part(owned_v));
-      }
       const fs::path path = dir / fmt::format("ckpt-{:08d}.h5", step_);
-      write_native_checkpoint(path, checkpoint);
+      state_->with_owned([&](const float* params, const float* m, const float* v) {
+        // The tensors borrow the state's buffers: nothing is copied before HDF5 writes them.
+        for (const auto& view : layout_.views()) {
+          checkpoint.tensors.emplace(view.name, Tensor::borrowed(DType::F32, view.shape, params + view.offset));
+          checkpoint.tensors.emplace("optimizer.m." + view.name, Tensor::borrowed(DType::F32, view.shape, m + view.offset));
+          checkpoint.tensors.emplace("optimizer.v." + view.name, Tensor::borrowed(DType::F32, view.shape, v + view.offset));
+        }
+        write_native_checkpoint(path, checkpoint);
+      });
       prune();
       plot();
       return path;
@@ -463,12 +456,12 @@ class Run {
     comm_.agree(error);
     // Every rank's slice of the flat buffers.
     const int64_t begin = state_->owned_begin(), end = state_->owned_end();
-    std::vector<float> params, m, v;
-    state_->download_owned(params, m, v);
     FlatShardHeader header{rank_, world_, begin, end, layout_.total(), config_.to_hf_json(), metadata()};
     error.clear();
     try {
-      write_flat_shard(staging, header, params.data(), m.data(), v.data());
+      state_->with_owned([&](const float* params, const float* m, const float* v) {
+        write_flat_shard(staging, header, params, m, v);
+      });
     } catch (const Error& e) {
       error = e.what();
     }

@@ -52,8 +52,10 @@ class TrainingState {
   // Windowed evaluation of this rank's ids (collective at stage 3: every rank must call it with
   // the same number of windows).
   virtual EvalResult evaluate(const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch) = 0;
-  // Host copies of this rank's slice [owned_begin, owned_end), for checkpoints.
-  virtual void download_owned(std::vector<float>& params, std::vector<float>& m, std::vector<float>& v) = 0;
+  // Calls fn with host memory holding this rank's slice [owned_begin, owned_end) of the parameters
+  // and both moments, for checkpoints: the state's own buffers on the CPU, copies from a GPU.
+  using OwnedFn = std::function<void(const float* params, const float* m, const float* v)>;
+  virtual void with_owned(const OwnedFn& fn) = 0;
   // Bytes of state now and at the peak; and, on a GPU, the device's memory in use ("" on the CPU).
   virtual StateMemory memory() const = 0;
   virtual StateMemory peak_memory() const = 0;
