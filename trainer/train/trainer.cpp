@@ -35,6 +35,7 @@
 #include "trainer/train/gpu.h"
 #include "trainer/train/memory_plan.h"
 #include "trainer/train/training_state.h"
+#include "trainer/train/training_step.h"
 #include "trainer/train/token_batches.h"
 
 namespace dj {
@@ -205,30 +206,26 @@ class Run {
       batches_->next_slice(batch.data(), global, lo, hi, cursor_);
       // Streamed data is checked as it arrives; in-memory data was checked once at start.
       if (batches_->streamed()) check_vocabulary(batch, e_.train_tokens);
-      // {weighted loss, stop requested}: summed over ranks, so every rank decides alike.
-      double shared[2] = {0.0, stop_requested.load() ? 1.0 : 0.0};
-      state_->start_step();
-      for (int64_t k = 0; k < micro_batches; ++k) {
-        const int64_t a = local * k / micro_batches, b = local * (k + 1) / micro_batches;
-        // The gradient of the global mean loss: this micro-batch's mean weighted by its share.
-        const double weight = static_cast<double>(b - a) / static_cast<double>(global);
-        // A rank with fewer sequences than micro-batches runs passes that carry no gradient.
-        const int32_t* ids = b > a ? batch.data() + a * T : batch.data();
-        shared[0] += state_->micro_batch(ids, b - a, T, weight, k == 0, k + 1 == micro_batches);
-      }
-      state_->finish_gradients();
-      comm_.all_reduce_host(shared, 2);
-      const double loss = shared[0];
-      const double norm = std::sqrt(state_->gradient_sum_of_squares());
       const double lr = learning_rate(step_, e_.lr, e_.min_lr, e_.warmup, e_.steps);
-      if (!std::isfinite(loss) || !std::isfinite(norm)) {
+      StepInput input;
+      input.ids = batch.data();
+      input.local = local;
+      input.global = global;
+      input.tokens = T;
+      input.micro_batches = micro_batches;
+      input.step = step_ + 1;
+      input.lr = lr;
+      input.grad_clip = e_.grad_clip;
+      input.adamw = AdamWConfig{e_.beta1, e_.beta2, e_.eps, e_.weight_decay};
+      input.vote = stop_requested.load() ? 1.0 : 0.0;
+      const StepOutcome result = training_step(*state_, comm_, input);
+      const double loss = result.loss, norm = result.norm;
+      if (!result.updated) {
         ++bad_steps_;
         spdlog::warn("step {}: non-finite {} ({}); update skipped ({} in a row)", step_ + 1,
                      std::isfinite(loss) ? "gradient norm" : "loss", std::isfinite(loss) ? norm : loss, bad_steps_);
       } else {
         bad_steps_ = 0;
-        if (e_.grad_clip > 0) state_->clip(norm, e_.grad_clip);
-        state_->update(step_ + 1, lr, AdamWConfig{e_.beta1, e_.beta2, e_.eps, e_.weight_decay});
       }
       ++step_;
       const double step_seconds =
@@ -256,7 +253,7 @@ class Run {
         }
       }
       if (e_.eval_every > 0 && step_ % e_.eval_every == 0) validate();
-      const bool signalled = shared[1] > 0;
+      const bool signalled = result.votes > 0;
       const bool stopping = signalled || (stop_after > 0 && step_ - first_step >= stop_after);
       if (bad_steps_ >= e_.max_bad_steps) {
         outcome.checkpoint = save();
