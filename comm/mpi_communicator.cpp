@@ -70,6 +70,13 @@ MpiCommunicator::MpiCommunicator(int64_t max_chunk) : max_chunk_(max_chunk) {
   int initialised = 0;
   MPI_Initialized(&initialised);
   if (!initialised) {
+    // Open MPI loads the machine's topology with hwloc in MPI_Init (mpirun does too, see
+    // launch/mpirun.sh). hwloc's GL plugin then opens X displays :0 to :9, and each attempt looks
+    // up "localhost"; where /etc/hosts does not name it (a system made by debootstrap), each
+    // lookup goes to DNS, and one lost reply stalls the start by the resolver's 5 s timeout. The
+    // plugin only finds GPUs behind an X server, which nothing here uses. A value set by the user
+    // wins.
+    setenv("HWLOC_COMPONENTS", "-gl", 0);
     // FUNNELED: OpenMP threads compute, only the main thread calls MPI.
     int provided = 0;
     check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");

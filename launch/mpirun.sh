@@ -50,6 +50,11 @@ else
 fi
 [ "$(id -u)" -ne 0 ] || args+=(--allow-run-as-root)
 export OMP_NUM_THREADS="$threads"
+# mpirun and every rank load the topology with hwloc; its GL plugin probes ten X displays, each
+# probe looking up "localhost", which costs a 5 s DNS timeout now and then where /etc/hosts does
+# not name it. Nothing here needs what the plugin finds (GPUs behind an X server).
+export HWLOC_COMPONENTS="${HWLOC_COMPONENTS:--gl}"
+args+=(-x HWLOC_COMPONENTS)
 args+=(-x OMP_NUM_THREADS)
 [ -z "${OPENBLAS_CORETYPE:-}" ] || args+=(-x OPENBLAS_CORETYPE)
 echo "launch: $ranks ranks${hostfile:+ from $hostfile}, $threads threads each" >&2
