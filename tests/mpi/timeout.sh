@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # A rank that does not join a collective: the ranks waiting for it each report it in one line and
 # the job ends non-zero without waiting for it. The late rank sleeps for an hour (sleep) or stops
 # itself with SIGSTOP (stop), and the others time out after 1 s; or it fails and ends the job
