@@ -74,6 +74,15 @@ void Communicator::wait(Request& request, const char* what) {
   const Clock::time_point start = Clock::now();
   for (int64_t polls = 0; !request.test(); ++polls) {
     const std::chrono::duration<double> waited = Clock::now() - start;
+    if (const int peer = ending_peer(); peer >= 0) {
+      const std::string line = fmt::format(
+          "dijiang: error: rank {} of {} ({}): {} did not complete (waited {:.1f} s); rank {} is "
+          "ending the job\n",
+          rank(), size(), host(), what, waited.count(), peer);
+      std::fputs(line.c_str(), stderr);
+      std::fflush(stderr);
+      abort(1);
+    }
     if (waited.count() >= timeout_s_) {
       const std::string line = fmt::format(
           "dijiang: error: rank {} of {} ({}): {} did not complete within {:g} s; a peer rank has "

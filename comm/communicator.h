@@ -9,6 +9,13 @@
 // prints one line naming this rank, the operation and how long it waited, then ends the whole
 // job (a peer that died or hangs would otherwise hang every rank forever).
 //
+// Ending the job is agreed before it is forced (abort()): the rank that ends it first tells every
+// peer; a peer waiting in wait() stops waiting, prints its own line (what it waited for, and who
+// ends the job) and tells the others too. Each ending rank gives its peers a few seconds to do so,
+// then calls MPI_Abort, and Open MPI's launcher stops every process left (a stopped one included:
+// SIGCONT, SIGTERM a second later, SIGKILL a second after that). So every rank that was waiting
+// reports, and the job ends within seconds of the first report whatever state the culprit is in.
+//
 // Counts are per rank ("v" collectives): reduce_scatter and all_gather take the number of values
 // each rank owns, in rank order, so slices of a flat buffer need no padding.
 #pragma once
@@ -80,7 +87,9 @@ class Communicator {
   virtual void barrier() = 0;
 
   // Waits for `request`; on timeout reports "rank R of N (host): <what> did not complete within
-  // T s ..." on stderr and ends the job.
+  // T s ..." on stderr and ends the job. When a peer announces that it is ending the job, reports
+  // "rank R of N (host): <what> did not complete (waited S s); rank P is ending the job" and ends
+  // it too.
   void wait(Request& request, const char* what);
   // Orders the work the caller issues next after `request`, so it may read the result or reuse
   // the buffers. On host buffers that is wait(); the NCCL backend instead makes its compute stream
@@ -93,9 +102,18 @@ class Communicator {
   // once and every rank exits cleanly.
   void agree(const std::string& error);
 
-  // Ends every rank of the job now (MPI_Abort). For an error on one rank after setup, when the
-  // others may be blocked in a collective. Prints nothing itself.
+  // Ends every rank of the job. For an error on one rank after setup, when the others may be
+  // blocked in a collective. Tells every peer that this rank ends the job, waits up to
+  // kEndGraceSeconds until each peer has said the same (the ones waiting in wait() do so at once),
+  // then MPI_Abort. Prints nothing itself.
   [[noreturn]] virtual void abort(int code) = 0;
+
+  // The rank of a peer that has announced it is ending the job (see abort()), or -1. Never
+  // blocks; wait() polls it.
+  virtual int ending_peer() { return -1; }
+
+  // How long abort() waits for the peers to take up the end before it forces it.
+  static constexpr double kEndGraceSeconds = 5.0;
 
   double timeout_seconds() const { return timeout_s_; }
   void set_timeout_seconds(double seconds) { timeout_s_ = seconds; }

@@ -2,10 +2,12 @@
 #if DIJIANG_HAVE_MPI
 
 #include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernels/core/error.h"
@@ -13,6 +15,8 @@
 namespace dj::comm {
 
 namespace {
+
+constexpr int kEndTag = 1;  // the end announcements (see abort)
 
 void check(int code, const char* call) {
   if (code == MPI_SUCCESS) return;
@@ -71,6 +75,13 @@ MpiCommunicator::MpiCommunicator(int64_t max_chunk) : max_chunk_(max_chunk) {
   int initialised = 0;
   MPI_Initialized(&initialised);
   if (!initialised) {
+    // Open MPI loads the machine's topology with hwloc in MPI_Init (mpirun does too, see
+    // launch/mpirun.sh). hwloc's GL plugin then opens X displays :0 to :9, and each attempt looks
+    // up "localhost"; where /etc/hosts does not name it (a system made by debootstrap), each
+    // lookup goes to DNS, and one lost reply stalls the start by the resolver's 5 s timeout. The
+    // plugin only finds GPUs behind an X server, which nothing here uses. A value set by the user
+    // wins.
+    setenv("HWLOC_COMPONENTS", "-gl", 0);
     // FUNNELED: OpenMP threads compute, only the main thread calls MPI.
     int provided = 0;
     check(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
@@ -78,8 +89,11 @@ MpiCommunicator::MpiCommunicator(int64_t max_chunk) : max_chunk_(max_chunk) {
   }
   check(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
   check(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");  // inherits the error handler
+  check(MPI_Comm_dup(MPI_COMM_WORLD, &end_comm_), "MPI_Comm_dup");
   check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
   check(MPI_Comm_size(comm_, &size_), "MPI_Comm_size");
+  announced_.assign(static_cast<size_t>(size_), 0);
+  post_end_receive();
   char name[MPI_MAX_PROCESSOR_NAME] = {};
   int length = 0;
   check(MPI_Get_processor_name(name, &length), "MPI_Get_processor_name");
@@ -90,6 +104,11 @@ MpiCommunicator::~MpiCommunicator() {
   int finalized = 0;
   MPI_Finalized(&finalized);
   if (finalized) return;
+  if (end_receive_ != MPI_REQUEST_NULL) {
+    MPI_Cancel(&end_receive_);
+    MPI_Wait(&end_receive_, MPI_STATUS_IGNORE);
+  }
+  MPI_Comm_free(&end_comm_);
   MPI_Comm_free(&comm_);
   if (finalize_) MPI_Finalize();
 }
@@ -183,8 +202,69 @@ void MpiCommunicator::barrier() {
   wait(request, "barrier");
 }
 
+void MpiCommunicator::post_end_receive() noexcept {
+  if (MPI_Irecv(&end_notice_, 1, MPI_INT, MPI_ANY_SOURCE, kEndTag, end_comm_, &end_receive_) !=
+      MPI_SUCCESS)
+    end_receive_ = MPI_REQUEST_NULL;
+}
+
+void MpiCommunicator::receive_end_notices() noexcept {
+  while (end_receive_ != MPI_REQUEST_NULL) {
+    int done = 0;
+    MPI_Status status;
+    if (MPI_Test(&end_receive_, &done, &status) != MPI_SUCCESS || !done) return;
+    const int peer = status.MPI_SOURCE, starter = end_notice_;
+    if (peer >= 0 && peer < size_ && starter >= 0 && starter < size_) {
+      announced_[static_cast<size_t>(peer)] = 1;
+      if (first_starter_ < 0) first_starter_ = starter;
+      if (lowest_starter_ < 0 || starter < lowest_starter_) lowest_starter_ = starter;
+    }
+    post_end_receive();
+  }
+}
+
+int MpiCommunicator::ending_peer() {
+  receive_end_notices();
+  return first_starter_;
+}
+
+// The agreed end, then the forced one. The announcements are sent without waiting for them to
+// arrive (a peer that is stopped or dead never takes them up); the peers waiting in a collective
+// answer within a poll, so the grace period runs out only when some rank does not answer: the
+// one that is stuck, stopped or dead. MPI_Abort then asks the launcher to end the job: Open MPI's
+// mpirun sends every rank still alive SIGCONT, a second later SIGTERM, a second later SIGKILL, so
+// a stopped or sleeping rank ends too. Errors are ignored here: the job ends either way.
 void MpiCommunicator::abort(int code) {
   std::fflush(nullptr);
+  if (end_comm_ != MPI_COMM_NULL && size_ > 1) {
+    receive_end_notices();
+    // This rank takes up the end another started, or starts it.
+    const int starter = first_starter_ >= 0 ? first_starter_ : rank_;
+    if (lowest_starter_ < 0 || starter < lowest_starter_) lowest_starter_ = starter;
+    announced_[static_cast<size_t>(rank_)] = 1;
+    int payload = starter;
+    std::vector<MPI_Request> sends;
+    for (int peer = 0; peer < size_; ++peer)
+      if (peer != rank_ && MPI_Isend(&payload, 1, MPI_INT, peer, kEndTag, end_comm_,
+                                     &sends.emplace_back(MPI_REQUEST_NULL)) != MPI_SUCCESS)
+        sends.back() = MPI_REQUEST_NULL;
+    using Clock = std::chrono::steady_clock;
+    const Clock::time_point deadline =
+        Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                           std::chrono::duration<double>(kEndGraceSeconds));
+    while (Clock::now() < deadline) {
+      receive_end_notices();
+      if (std::all_of(announced_.begin(), announced_.end(), [](char a) { return a != 0; })) break;
+      int done = 0;
+      MPI_Testall(static_cast<int>(sends.size()), sends.data(), &done, MPI_STATUSES_IGNORE);
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    // One rank forces the end, the lowest that started it, so that the launcher's report names
+    // it once. The others wait for the launcher to end them, and force the end themselves only if
+    // that does not come.
+    if (lowest_starter_ != rank_)
+      std::this_thread::sleep_for(std::chrono::duration<double>(kEndGraceSeconds));
+  }
   MPI_Abort(MPI_COMM_WORLD, code);
   std::_Exit(code);  // MPI_Abort does not return in practice; the signature promises it
 }

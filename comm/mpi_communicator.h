@@ -8,6 +8,8 @@
 #define MPICH_SKIP_MPICXX 1
 #include <mpi.h>
 
+#include <vector>
+
 #include "comm/communicator.h"
 
 namespace dj::comm {
@@ -41,10 +43,26 @@ class MpiCommunicator final : public Communicator {
   void broadcast_host(void* data, int64_t bytes, int root) override;
   void barrier() override;
 
+  // Announces the end to every peer, waits up to kEndGraceSeconds for theirs, then MPI_Abort.
   [[noreturn]] void abort(int code) override;
+  // The rank that started the end, as the first announcement to arrive names it.
+  int ending_peer() override;
 
  private:
+  // Takes up every end announcement that has arrived (each re-posts the receive).
+  void receive_end_notices() noexcept;
+  void post_end_receive() noexcept;
+
   MPI_Comm comm_ = MPI_COMM_NULL;
+  // The end announcements travel on a communicator of their own, so that they never match a
+  // collective's messages. Each is one int: the rank that started the end (the sender itself, or
+  // the rank whose announcement it takes up). A receive is always posted for the next one.
+  MPI_Comm end_comm_ = MPI_COMM_NULL;
+  MPI_Request end_receive_ = MPI_REQUEST_NULL;
+  int end_notice_ = -1;
+  std::vector<char> announced_;  // per rank: its announcement arrived (or it is this rank's own)
+  int first_starter_ = -1;       // the starter named by the first announcement to arrive
+  int lowest_starter_ = -1;      // the lowest starter named by any announcement, or this rank
   int rank_ = 0, size_ = 1;
   std::string host_;
   int64_t max_chunk_;

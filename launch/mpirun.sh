@@ -16,6 +16,8 @@
 # SIGTERM or SIGINT (Ctrl-C) to this script makes every rank write a checkpoint and stop: it sends
 # SIGUSR1 to mpirun, which forwards it to the ranks. (mpirun itself answers SIGTERM by killing the
 # ranks a second later, too soon for a checkpoint.)
+# A rank that fails, dies or stops answering (distributed.timeout_s) ends the job: the others say
+# what they were waiting for, and every process is gone within seconds.
 # Set DIJIANG to a built binary to skip the set-up (packages and build) that runs otherwise.
 set -euo pipefail
 # The comment block above, as help.
@@ -50,6 +52,18 @@ else
 fi
 [ "$(id -u)" -ne 0 ] || args+=(--allow-run-as-root)
 export OMP_NUM_THREADS="$threads"
+# mpirun and every rank load the topology with hwloc; its GL plugin probes ten X displays, each
+# probe looking up "localhost", which costs a 5 s DNS timeout now and then where /etc/hosts does
+# not name it. Nothing here needs what the plugin finds (GPUs behind an X server).
+export HWLOC_COMPONENTS="${HWLOC_COMPONENTS:--gl}"
+args+=(-x HWLOC_COMPONENTS)
+# How the job ends when a rank fails. A rank that ends it announces that to the others, which
+# report what they were waiting for, then calls MPI_Abort (comm/communicator.h); a rank that dies
+# or exits non-zero ends it through mpirun (orte_abort_on_non_zero_status, Open MPI's default,
+# pinned here against a site's openmpi-mca-params.conf). mpirun then sends every rank left
+# SIGCONT, SIGTERM and SIGKILL, odls_base_sigkill_timeout (1 s) apart, so a stopped or busy rank
+# ends within seconds too. (Environment variables, which an Open MPI without these ignores.)
+export OMPI_MCA_orte_abort_on_non_zero_status=1 OMPI_MCA_odls_base_sigkill_timeout=1
 args+=(-x OMP_NUM_THREADS)
 [ -z "${OPENBLAS_CORETYPE:-}" ] || args+=(-x OPENBLAS_CORETYPE)
 echo "launch: $ranks ranks${hostfile:+ from $hostfile}, $threads threads each" >&2

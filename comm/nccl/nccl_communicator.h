@@ -81,6 +81,8 @@ class NcclCommunicator final : public Communicator {
 
   // ncclCommAbort, then the host communicator's abort (which ends every rank).
   [[noreturn]] void abort(int code) override;
+  // Announcements travel over the host communicator.
+  int ending_peer() override { return host_.ending_peer(); }
 
   int device() const { return device_; }
   // The stream the collectives run on.

@@ -1,15 +1,18 @@
 // Checks the host communicator on every rank against sums computed independently from the known
-// inputs of all ranks. Usage: comm_check single|mpi|timeout.
+// inputs of all ranks. Usage: comm_check single|mpi|timeout [sleep|stop|fail].
 //   single   run directly: the single-process communicator, no MPI runtime;
 //   mpi      run by mpirun with any number of ranks;
-//   timeout  run by mpirun with at least 2 ranks: rank 1 joins an all_reduce long after the
-//            timeout, so the job must end with the timeout line (see timeout.sh).
+//   timeout  run by mpirun with at least 2 ranks: rank 1 sleeps for an hour (sleep, the default)
+//            or stops itself with SIGSTOP (stop) before an all_reduce that the others wait for
+//            with a 1 s timeout, so the job must end with their lines; or it fails (fail) and
+//            ends the job while the others wait with the default timeout (see timeout.sh).
 // A failed check prints one line naming the rank and ends the whole job, so that no rank hangs in
 // a collective its failed peer never joins.
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -354,12 +357,25 @@ void run_checks(Communicator& c, const std::string& mode) {
                 mode.c_str());
 }
 
-// Rank 1 joins long after the others' timeout: they must report it and end the job.
-void run_timeout(Communicator& c) {
+// Rank 1 does not join before the others' timeout: they must report it and end the job. Asleep,
+// it would join after an hour, far beyond any bound of the test; stopped, only the launcher's
+// SIGCONT as it ends the job lets it go on (and then it finds the job ending).
+// Failing, it ends the job itself, and the others, still within their timeout, must report that.
+void run_timeout(Communicator& c, const std::string& late) {
   CHECK(c.size() >= 2, "the timeout mode needs at least 2 ranks");
   c.barrier();
-  c.set_timeout_seconds(1.0);
-  if (c.rank() == 1) std::this_thread::sleep_for(std::chrono::seconds(30));
+  if (late != "fail") c.set_timeout_seconds(1.0);
+  if (c.rank() == 1) {
+    if (late == "stop") {
+      std::raise(SIGSTOP);
+    } else if (late == "fail") {
+      std::fprintf(stderr, "dijiang: error: rank 1 of %d (%s): failing on purpose\n", c.size(),
+                   c.host().c_str());
+      c.abort(1);
+    } else {
+      std::this_thread::sleep_for(std::chrono::hours(1));
+    }
+  }
   float value = 1;
   c.all_reduce(&value, 1, "all_reduce of the timeout probe");
   CHECK(false, "the all_reduce completed although rank 1 joined after the timeout");
@@ -368,9 +384,11 @@ void run_timeout(Communicator& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const std::string mode = argc == 2 ? argv[1] : "";
-  if (mode != "single" && mode != "mpi" && mode != "timeout") {
-    std::fprintf(stderr, "usage: %s single|mpi|timeout\n", argv[0]);
+  const std::string mode = argc >= 2 ? argv[1] : "";
+  const std::string late = argc == 3 ? argv[2] : "sleep";
+  if ((mode != "single" && mode != "mpi" && mode != "timeout") || argc > 3 ||
+      (argc == 3 && (mode != "timeout" || (late != "sleep" && late != "stop" && late != "fail")))) {
+    std::fprintf(stderr, "usage: %s single|mpi|timeout [sleep|stop|fail]\n", argv[0]);
     return 2;
   }
   std::unique_ptr<Communicator> owned;
@@ -378,7 +396,7 @@ int main(int argc, char** argv) {
     owned = dj::comm::make_host_communicator();
     comm = owned.get();
     if (mode == "timeout")
-      run_timeout(*owned);
+      run_timeout(*owned, late);
     else
       run_checks(*owned, mode);
   } catch (const dj::Error& e) {

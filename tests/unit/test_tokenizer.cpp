@@ -4,6 +4,7 @@
 #include <utf8proc.h>
 
 #include <chrono>
+#include <ctime>
 #include <cstdlib>
 #include <fstream>
 #include <string>
@@ -97,13 +98,17 @@ TEST(Tokenizer, EncodesAMegabyteOfEnglishQuickly) {
       "during training. It's 2023, and we're releasing 154 checkpoints for every model size!\n\n";
   for (int i = 0; text.size() < (1 << 20); ++i) text += std::to_string(i) + ". " + paragraph;
   const Tokenizer& tokenizer = neox();  // loaded outside the timed region
+  // The bound is on this process's CPU time (encoding runs on one thread), which other work on a
+  // loaded machine does not stretch as it stretches the wall clock; the wall clock is reported.
   const auto start = std::chrono::steady_clock::now();
+  const std::clock_t cpu_start = std::clock();
   const std::vector<int32_t> ids = tokenizer.encode(text);
+  const double cpu_seconds = static_cast<double>(std::clock() - cpu_start) / CLOCKS_PER_SEC;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  std::printf("encoded %zu bytes into %zu tokens in %.3f s (%.0f tokens/s)\n", text.size(), ids.size(), seconds,
-              static_cast<double>(ids.size()) / seconds);
+  std::printf("encoded %zu bytes into %zu tokens in %.3f s of CPU time, %.3f s of wall time (%.0f tokens/s)\n",
+              text.size(), ids.size(), cpu_seconds, seconds, static_cast<double>(ids.size()) / cpu_seconds);
   EXPECT_EQ(neox().decode(ids), text);
-  EXPECT_LT(seconds, 5.0);  // generous: debug builds and a loaded machine
+  EXPECT_LT(cpu_seconds, 5.0);  // generous: about 0.05 s in a release build, more in a debug one
 }
 
 TEST(Tokenizer, BadFilesAreErrors) {
