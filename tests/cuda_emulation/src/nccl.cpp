@@ -437,8 +437,9 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId commId,
     std::lock_guard<std::mutex> lock(g_mutex);
     Mapping& m = g_mapped[id.text];
     if (m.base == nullptr) {
+      // The creator's descriptor: our own, or another process's through /proc.
       const std::string path = strprintf("/proc/%d/fd/%d", id.pid, id.fd);
-      const int fd = open(path.c_str(), O_RDWR);
+      const int fd = id.pid == static_cast<int>(getpid()) ? dup(id.fd) : open(path.c_str(), O_RDWR);
       if (fd < 0) {
         g_mapped.erase(id.text);
         return fail(ncclSystemError, strprintf("ncclCommInitRank: cannot open the rendezvous %s (%s): the process "

@@ -1,6 +1,6 @@
 // The emulation's NCCL: collectives across two ranks that are threads of this process (two
 // emulated devices) and across two processes (fork), with sums in rank order, and the timeout
-// when a peer never arrives (DIJIANG_EMU_NCCL_TIMEOUT_S=2 for this test program).
+// when a peer never arrives (DIJIANG_EMU_NCCL_TIMEOUT_S=2 for this test program: environment.cpp).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 #include <nccl.h>

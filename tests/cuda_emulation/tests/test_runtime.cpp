@@ -1,7 +1,7 @@
 // The emulation's runtime: device memory (poisoning, guard pages, canaries, allocation errors),
 // copies, launch checks, stream ordering (a missing dependency between streams shows up for some
-// seed, the event wait never fails), events and fault reports. Run with DIJIANG_EMU_DEVICES=2 and
-// DIJIANG_EMU_MEMORY_GB=4 (tests/cuda_emulation/CMakeLists.txt).
+// seed, the event wait never fails), events and fault reports. Two devices of 4 GB each
+// (environment.cpp).
 #include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
