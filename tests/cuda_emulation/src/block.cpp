@@ -147,6 +147,7 @@ struct Block {
   int count = 0;
   std::vector<Warp> warps;
   std::vector<int> order;  // run order of the threads
+  bool lanes_descending = false;
   int live = 0, at_barrier = 0;
   const char* barrier_file = "";
   int barrier_line = 0;
@@ -410,7 +411,8 @@ void arrive(WarpKind kind, int sub, unsigned mask, const char* file, int line) {
     const WarpOp done = op;
     w.ops.erase(w.ops.begin() + static_cast<std::ptrdiff_t>(index));
     complete(b, t.warp, done);
-    for (int lane = 0; lane < 32; ++lane) {
+    for (int i = 0; i < 32; ++i) {
+      const int lane = b.lanes_descending ? 31 - i : i;
       if ((done.mask >> lane & 1u) == 0 || lane == t.lane) continue;
       EmuThread& other = lane_thread(b, t.warp, lane);
       other.state = Wait::Runnable;
@@ -456,18 +458,20 @@ void run_block(Device& device, const Launch& l, Worker& wk, uint3 block_idx) {
     const int lanes = std::min(32, n - 32 * w);
     b.warps[static_cast<size_t>(w)].existing = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1u;
   }
-  // The warps start in a seeded order (rotated, maybe reversed), lanes in order.
+  // Threads run in a seeded order: the warps rotated and maybe reversed, the lanes of every warp
+  // ascending or descending (so that a missing barrier or __syncwarp shows for some seed).
   std::vector<int> warp_order(static_cast<size_t>(warps));
   std::iota(warp_order.begin(), warp_order.end(), 0);
-  if (warps > 1) {
-    const uint64_t r = device.rng();
-    std::rotate(warp_order.begin(), warp_order.begin() + static_cast<std::ptrdiff_t>(r % static_cast<uint64_t>(warps)),
-                warp_order.end());
-    if ((r >> 32) & 1u) std::reverse(warp_order.begin(), warp_order.end());
-  }
+  const uint64_t r = device.rng();
+  std::rotate(warp_order.begin(), warp_order.begin() + static_cast<std::ptrdiff_t>(r % static_cast<uint64_t>(warps)),
+              warp_order.end());
+  if ((r >> 32) & 1u) std::reverse(warp_order.begin(), warp_order.end());
+  b.lanes_descending = ((r >> 33) & 1u) != 0;
   b.order.clear();
-  for (int w : warp_order)
-    for (int lane = 0; lane < 32 && 32 * w + lane < n; ++lane) b.order.push_back(32 * w + lane);
+  for (int w : warp_order) {
+    const int lanes = std::min(32, n - 32 * w);
+    for (int i = 0; i < lanes; ++i) b.order.push_back(32 * w + (b.lanes_descending ? lanes - 1 - i : i));
+  }
 
   const ThreadInfo base{uint3{0, 0, 0}, block_idx, l.block, l.grid};
   for (int i = 0; i < n; ++i) {

@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "dj_emu/control.h"
 #include "kernels/cuda/launch.h"
 #include "support.h"
 
@@ -165,6 +166,47 @@ TEST(Shuffle, BlockReductionOverManyBlocks) {
     float expected = 0;
     for (size_t i = 0; i < 256; ++i) expected += in[b * 256 + i];
     EXPECT_EQ(got[b], expected);
+  }
+}
+
+// ---- scheduling: a missing __syncwarp / __syncthreads shows for some seed ------------------------------
+// Every thread writes its slot, then reads its neighbour's: lane l of warp w reads the slot of
+// lane 31 - l (same warp), or of warp (w + 1) % 8 (another warp). Dynamic shared memory: it starts
+// poisoned in every block (static __shared__ would keep the previous launch's values).
+__global__ void neighbour_kernel(int* out, bool across_warps, bool synchronised) {
+  DJ_DYNAMIC_SHARED(smem);
+  int* slot = reinterpret_cast<int*>(smem);
+  const int t = static_cast<int>(threadIdx.x), lane = t % 32, warp = t / 32;
+  slot[t] = t;
+  if (synchronised) {
+    if (across_warps)
+      __syncthreads();
+    else
+      __syncwarp();
+  }
+  const int other = across_warps ? ((warp + 1) % 8) * 32 + lane : warp * 32 + 31 - lane;
+  out[t] = slot[other] == other ? 1 : 0;
+  if (synchronised && across_warps) __syncthreads();  // nobody rewrites a slot before all have read
+}
+
+bool neighbours_seen(bool across_warps, bool synchronised, uint64_t seed) {
+  Device<int> out(std::vector<int>(256, 0));
+  dj::emu::reseed_device(0, seed);
+  dj::cuda::launch("neighbour_kernel", neighbour_kernel, 1, 256, 256 * sizeof(int), nullptr, out.get(), across_warps,
+                   synchronised);
+  for (int v : out.download())
+    if (v != 1) return false;
+  return true;
+}
+
+TEST(Scheduling, MissingBarriersShowForSomeSeed) {
+  for (const bool across_warps : {false, true}) {
+    int wrong = 0;
+    for (uint64_t seed = 0; seed < 16; ++seed) {
+      if (!neighbours_seen(across_warps, false, seed)) ++wrong;
+      EXPECT_TRUE(neighbours_seen(across_warps, true, seed)) << "seed " << seed;
+    }
+    EXPECT_GT(wrong, 0) << (across_warps ? "__syncthreads" : "__syncwarp");
   }
 }
 

@@ -9,7 +9,7 @@ namespace dj::emu {
 void hold_device(int device, bool held);
 
 // Reseeds the generator with which a device's worker picks among ready streams and orders the
-// warps of a block (initially DIJIANG_EMU_SEED).
+// warps and lanes of each block (initially from DIJIANG_EMU_SEED). Call it while the device is idle.
 void reseed_device(int device, uint64_t seed);
 
 }  // namespace dj::emu
