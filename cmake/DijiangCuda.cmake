@@ -38,28 +38,33 @@ elseif(DIJIANG_NCCL STREQUAL "ON")
   message(FATAL_ERROR "DIJIANG_NCCL=ON needs the CUDA backend")
 endif()
 
-# dijiang_gpu_variant(NAME KERNELS [DEFINITIONS...]): an OBJECT library of the sources that talk to
-# the CUDA runtime outside the kernels (the CUDA model and training state, the device probe, the
-# NCCL communicator), compiled with the host compiler and linked against KERNELS (the kernel
-# library of this variant: dijiang_cuda, or the emulation's dijiang_cuda_emu). Executables link it
-# directly (dijiang_link_runtime), so its objects are always part of them.
-function(dijiang_gpu_variant name kernels)
+# dijiang_gpu_variant(NAME KERNELS WITH_NCCL): an OBJECT library of the sources that talk to the
+# CUDA runtime outside the kernels (the CUDA model and training state, the device probe, with
+# WITH_NCCL the NCCL communicator), compiled with the host compiler and linked against KERNELS (the
+# kernel library of this variant: dijiang_cuda, or the emulation's dijiang_cuda_emu). Executables
+# link it directly (dijiang_link_runtime), so its objects are always part of them.
+function(dijiang_gpu_variant name kernels with_nccl)
   set(sources ${DIJIANG_TRAINER_GPU_SOURCES} ${PROJECT_SOURCE_DIR}/kernels/cuda/device.cpp)
-  if(DIJIANG_HAVE_NCCL)
+  if(with_nccl)
     list(APPEND sources ${PROJECT_SOURCE_DIR}/comm/nccl/nccl_communicator.cpp)
   endif()
   add_library(${name} OBJECT ${sources})
   target_compile_options(${name} PRIVATE ${DIJIANG_WARNINGS})
   target_link_libraries(${name} PUBLIC dijiang_trainer ${kernels})
-  if(DIJIANG_HAVE_NCCL)
+  if(with_nccl)
     target_compile_definitions(${name} PRIVATE DIJIANG_HAVE_NCCL=1)
   endif()
 endfunction()
 
-# Links the trainer and the real CUDA variant (when built) into an executable.
+# Links the trainer and one CUDA variant into an executable: the real one when it is built, else
+# the one without CUDA (dijiang_gpu_none); VARIANT names another (dijiang_gpu_emu).
 function(dijiang_link_runtime target)
-  target_link_libraries(${target} PRIVATE dijiang_trainer)
+  set(variant dijiang_gpu_none)
   if(TARGET dijiang_gpu)
-    target_link_libraries(${target} PRIVATE dijiang_gpu)
+    set(variant dijiang_gpu)
   endif()
+  if(ARGC GREATER 1)
+    set(variant ${ARGV1})
+  endif()
+  target_link_libraries(${target} PRIVATE ${variant} dijiang_trainer)
 endfunction()

@@ -9,9 +9,7 @@
 #include <string_view>
 
 #include "kernels/core/error.h"
-#ifdef DIJIANG_HAVE_CUDA
 #include "kernels/cuda/device.h"
-#endif
 
 namespace dj {
 
@@ -51,7 +49,8 @@ BackendInfo select_backend() {
   std::call_once(blas_once, warn_about_generic_blas_kernels);
   const BackendInfo cpu{Backend::CPU, cpu_description()};
   if (requested() == "cpu") return cpu;
-#ifdef DIJIANG_HAVE_CUDA
+  // The probe comes with the CUDA variant an executable links (cmake/DijiangCuda.cmake): the
+  // runtime's, the emulation's, or one saying that the build has no CUDA backend.
   static std::once_flag once;
   static cuda::DeviceProbe probe;
   std::call_once(once, [] { probe = cuda::probe_devices(); });
@@ -61,9 +60,6 @@ BackendInfo select_backend() {
   if (requested() == "cuda") fail("--device cuda: no usable CUDA device ({})", probe.error);
   static std::once_flag told;
   std::call_once(told, [] { spdlog::info("no usable CUDA device ({}); running on the CPU", probe.error); });
-#else
-  if (requested() == "cuda") fail("--device cuda: this build of dijiang has no CUDA backend");
-#endif
   return cpu;
 }
 

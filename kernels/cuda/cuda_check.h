@@ -13,9 +13,6 @@ inline void check(cudaError_t status, const char* call) {
   if (status != cudaSuccess) throw std::runtime_error(std::string(call) + ": " + cudaGetErrorString(status));
 }
 
-// After a kernel launch: a bad configuration shows here, not at the next synchronisation.
-inline void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
-
 }  // namespace dj::cuda
 
 #define DJ_CUDA_CHECK(call) ::dj::cuda::check((call), #call)

@@ -1,4 +1,5 @@
-// Run-time probe for a usable CUDA device. Compiled only in builds with the CUDA backend.
+// Run-time probe for a usable CUDA device: defined by kernels/cuda/device.cpp in the CUDA variants,
+// and by trainer/train/no_cuda.cpp (no device, and why) in builds without CUDA.
 #pragma once
 #include <string>
 

@@ -96,37 +96,71 @@ __device__ __forceinline__ void store2(T* p, float a, float b) {
 }
 
 // ---- PTX wrappers --------------------------------------------------------------------------------
+// Under DIJIANG_CUDA_EMULATION each calls the CPU emulation's model of the instruction
+// (tests/cuda_emulation), which follows the PTX ISA.
 
 __device__ __forceinline__ uint32_t smem_u32(const void* p) {
+#if DIJIANG_CUDA_EMULATION
+  return ::dj::emu::shared_address(p, "smem_u32");
+#else
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+#endif
 }
 // 16 bytes global -> shared, asynchronously; valid = false writes 16 zero bytes (src not read).
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
   const int bytes = valid ? 16 : 0;
+#if DIJIANG_CUDA_EMULATION
+  ::dj::emu::cp_async(dst, src, 16, bytes);
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(bytes)
                : "memory");
+#endif
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() {
+#if DIJIANG_CUDA_EMULATION
+  ::dj::emu::cp_async_commit();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+#if DIJIANG_CUDA_EMULATION
+  ::dj::emu::cp_async_wait_all();
+#else
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
 
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+#if DIJIANG_CUDA_EMULATION
+  ::dj::emu::ldmatrix(r, 4, false, p, __FILE__, __LINE__);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p))
                : "memory");
+#endif
 }
 __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void* p) {
+#if DIJIANG_CUDA_EMULATION
+  ::dj::emu::ldmatrix(r, 4, true, p, __FILE__, __LINE__);
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p))
                : "memory");
+#endif
 }
 // d += a · b for one 16 x 8 x 16 bf16 tile (fp32 accumulators).
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if DIJIANG_CUDA_EMULATION
+  ::dj::emu::mma_m16n8k16_bf16(d, a, b0, b1, d, __FILE__, __LINE__);
+#else
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 // ---- warp tile product ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dijiang_attention.h"
 #include "kernels/cuda/dijiang_attention_device.cuh"
+#include "kernels/cuda/launch.h"
 
 namespace dj::cuda {
 
@@ -146,7 +147,7 @@ __device__ __forceinline__ void tile_loop(int count, int stages, Fixed&& fixed, 
 template <typename T, int DP>
 __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params<T> p) {
   constexpr int LD = DP + kPad<T>, LDP = kBlock + kPad<T>, NO = DP / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  DJ_DYNAMIC_SHARED(smem);
   const FwdLayout<T, DP> lay(p.stages);
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
   const int qt = p.tiles - 1 - static_cast<int>(blockIdx.x), bh = static_cast<int>(blockIdx.y);
@@ -236,7 +237,7 @@ __global__ void __launch_bounds__(kThreads) flash_forward_kernel(const Params<T>
 template <typename T, int DP>
 __global__ void __launch_bounds__(kThreads) flash_dq_kernel(const Params<T> p) {
   constexpr int LD = DP + kPad<T>, LDP = kBlock + kPad<T>, NO = DP / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  DJ_DYNAMIC_SHARED(smem);
   const DqLayout<T, DP> lay(p.stages);
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
   const int qt = p.tiles - 1 - static_cast<int>(blockIdx.x), bh = static_cast<int>(blockIdx.y);
@@ -315,7 +316,7 @@ template <typename T, int DP>
 __global__ void __launch_bounds__(kThreads) flash_dkdv_kernel(const Params<T> p) {
   constexpr int BQ = kInnerQ<DP>;
   constexpr int LD = DP + kPad<T>, LDP = BQ + kPad<T>, NO = DP / 8, NQ = BQ / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  DJ_DYNAMIC_SHARED(smem);
   const DkvLayout<T, DP> lay(p.stages);
   const int tid = static_cast<int>(threadIdx.x), warp = tid >> 5, lane = tid & 31;
   const int k0 = static_cast<int>(blockIdx.x) * kBlock, bh = static_cast<int>(blockIdx.y);
@@ -426,8 +427,8 @@ void launch_forward(Params<T> p, int64_t BH, cudaStream_t stream) {
   const size_t bytes = FwdLayout<T, DP>(p.stages).bytes;
   auto kernel = flash_forward_kernel<T, DP>;
   allow_shared(kernel, bytes);
-  kernel<<<dim3(static_cast<unsigned>(p.tiles), static_cast<unsigned>(BH)), kThreads, bytes, stream>>>(p);
-  check_launch(op);
+  launch("flash_forward_kernel", kernel, dim3(static_cast<unsigned>(p.tiles), static_cast<unsigned>(BH)), kThreads,
+         bytes, stream, p);
 }
 
 template <typename T, int DP>
@@ -439,8 +440,8 @@ void launch_backward(Params<T> p, int64_t BH, cudaStream_t stream) {
     const size_t bytes = DqLayout<T, DP>(p.stages).bytes;
     auto kernel = flash_dq_kernel<T, DP>;
     allow_shared(kernel, bytes);
-    kernel<<<dim3(static_cast<unsigned>(p.tiles), static_cast<unsigned>(BH)), kThreads, bytes, stream>>>(p);
-    check_launch(op);
+    launch("flash_dq_kernel", kernel, dim3(static_cast<unsigned>(p.tiles), static_cast<unsigned>(BH)), kThreads,
+           bytes, stream, p);
   }
   {
     p.stages = pick_stages<DkvLayout<T, DP>>(op);
@@ -448,8 +449,8 @@ void launch_backward(Params<T> p, int64_t BH, cudaStream_t stream) {
     const size_t bytes = DkvLayout<T, DP>(p.stages).bytes;
     auto kernel = flash_dkdv_kernel<T, DP>;
     allow_shared(kernel, bytes);
-    kernel<<<dim3(static_cast<unsigned>(p.tiles), static_cast<unsigned>(BH)), kThreads, bytes, stream>>>(p);
-    check_launch(op);
+    launch("flash_dkdv_kernel", kernel, dim3(static_cast<unsigned>(p.tiles), static_cast<unsigned>(BH)), kThreads,
+           bytes, stream, p);
   }
 }
 

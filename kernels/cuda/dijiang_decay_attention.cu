@@ -63,6 +63,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dijiang_attention.h"
 #include "kernels/cuda/dijiang_attention_device.cuh"
+#include "kernels/cuda/launch.h"
 
 namespace dj::cuda {
 
@@ -283,7 +284,7 @@ struct BwdParams {
 template <typename T, int F>
 __global__ void __launch_bounds__(kThreads, 1) decay_forward_kernel(const FwdParams<T> p) {
   constexpr int LDF = F + kPad<T>, LDW = W + kPad<T>, LDS = W + 4;
-  extern __shared__ __align__(16) unsigned char smem[];
+  DJ_DYNAMIC_SHARED(smem);
   const FwdLayout<T, F> lay(p.C, p.stages);
   const int C = p.C, tid = static_cast<int>(threadIdx.x), warp = tid >> 5;
   const int bh = static_cast<int>(blockIdx.x), h = bh % p.H;
@@ -704,7 +705,7 @@ __device__ __forceinline__ void backward_dv(const BwdParams<T>& p, unsigned char
 // role's slice count leave at once (the whole block, before any barrier).
 template <typename T, int F, bool DLOG>
 __global__ void __launch_bounds__(kThreads, 1) decay_backward_kernel(const BwdParams<T> p) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  DJ_DYNAMIC_SHARED(smem);
   const int slice = static_cast<int>(blockIdx.y);
   if (blockIdx.z == 0) {
     if (slice * W < p.m) backward_dq<T, F, DLOG>(p, smem);
@@ -796,8 +797,7 @@ void launch_forward(const FwdParams<T>& base, int64_t BH, int64_t chunk, const c
   auto kernel = decay_forward_kernel<T, F>;
   allow_shared(kernel, cfg.bytes);
   const dim3 grid(static_cast<unsigned>(BH), static_cast<unsigned>((p.dv + W - 1) / W));
-  kernel<<<grid, kThreads, cfg.bytes, stream>>>(p);
-  check_launch(op);
+  launch("decay_forward_kernel", kernel, grid, kThreads, cfg.bytes, stream, p);
 }
 
 template <typename T, int F, bool DLOG>
@@ -815,8 +815,7 @@ void launch_backward(const BwdParams<T>& base, int64_t BH, int64_t chunk, cudaSt
   allow_shared(kernel, cfg.bytes);
   const int slices = (std::max(p.m, p.dv_size) + W - 1) / W;
   const dim3 grid(static_cast<unsigned>(BH), static_cast<unsigned>(slices), 3);
-  kernel<<<grid, kThreads, cfg.bytes, stream>>>(p);
-  check_launch(op);
+  launch("decay_backward_kernel", kernel, grid, kThreads, cfg.bytes, stream, p);
 }
 
 template <typename T>
@@ -903,9 +902,8 @@ void decay_attention_step(T* o, float* state, const T* fq, const T* fk, const T*
   check_shape(op, BH, H, 1, m, dv);
   if (BH == 0) return;
   const dim3 grid(static_cast<unsigned>(BH), static_cast<unsigned>((dv + 31) / 32));
-  decay_step_kernel<T><<<grid, dim3(32, 8), 0, stream>>>(o, state, fq, fk, v, log_gamma, static_cast<int>(H),
-                                                         static_cast<int>(m), static_cast<int>(dv));
-  check_launch(op);
+  launch("decay_step_kernel", decay_step_kernel<T>, grid, dim3(32, 8), 0, stream, o, state, fq, fk, v, log_gamma,
+         static_cast<int>(H), static_cast<int>(m), static_cast<int>(dv));
 }
 
 #define DJ_INSTANTIATE(T)                                                                                     \

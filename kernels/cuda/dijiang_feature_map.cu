@@ -25,6 +25,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dijiang_attention.h"
 #include "kernels/cuda/dijiang_attention_device.cuh"
+#include "kernels/cuda/launch.h"
 
 namespace dj::cuda {
 
@@ -66,7 +67,7 @@ __global__ void __launch_bounds__(kFmThreads) feature_map_forward_kernel(T* s, c
                                                                          int64_t rows, int d, bool vec) {
   constexpr int LD = DP + kPad<T>;
   constexpr int NT = DP / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  DJ_DYNAMIC_SHARED(smem);
   T* Ph = reinterpret_cast<T*>(smem);
   T* Pl = kIsBf16<T> ? Ph + DP * LD : Ph;
   const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
@@ -124,7 +125,7 @@ __global__ void __launch_bounds__(kFmThreads) feature_map_backward_kernel(T* dx,
                                                                           bool vec) {
   constexpr int LD = DP + kPad<T>;
   constexpr int NT = DP / 8;
-  extern __shared__ __align__(16) unsigned char smem[];
+  DJ_DYNAMIC_SHARED(smem);
   T* Ph = reinterpret_cast<T*>(smem);
   T* Pl = kIsBf16<T> ? Ph + DP * LD : Ph;
   const int warp = static_cast<int>(threadIdx.x) >> 5, lane = static_cast<int>(threadIdx.x) & 31;
@@ -244,8 +245,7 @@ template <typename T, int DP>
 void launch_fm_forward(T* s, const T* x, const float* P, int64_t rows, int d, bool vec, cudaStream_t stream) {
   auto kernel = feature_map_forward_kernel<T, DP>;
   const FmLaunch l = fm_launch<T, DP>(kernel, false, rows, "feature_map_forward");
-  kernel<<<l.blocks, l.warps * 32, l.bytes, stream>>>(s, x, P, rows, d, vec);
-  check_launch("feature_map_forward");
+  launch("feature_map_forward_kernel", kernel, l.blocks, l.warps * 32, l.bytes, stream, s, x, P, rows, d, vec);
 }
 
 template <typename T, int DP>
@@ -253,8 +253,8 @@ void launch_fm_backward(T* dx, const T* ds, const T* s, const float* P, int64_t 
                         cudaStream_t stream) {
   auto kernel = feature_map_backward_kernel<T, DP>;
   const FmLaunch l = fm_launch<T, DP>(kernel, true, rows, "feature_map_backward");
-  kernel<<<l.blocks, l.warps * 32, l.bytes, stream>>>(dx, ds, s, P, rows, d, vec);
-  check_launch("feature_map_backward");
+  launch("feature_map_backward_kernel", kernel, l.blocks, l.warps * 32, l.bytes, stream, dx, ds, s, P, rows, d,
+         vec);
 }
 
 }  // namespace
@@ -291,9 +291,8 @@ void feature_weights_forward(T* phi, const T* s, const float* w, int64_t BH, int
   const int64_t total = BH * n * d;
   if (total == 0) return;
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t{sm_count()} * 8);
-  feature_weights_forward_kernel<T><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(
-      phi, s, w, total, n, static_cast<int>(H), static_cast<int>(d));
-  check_launch(op);
+  launch("feature_weights_forward_kernel", feature_weights_forward_kernel<T>, static_cast<unsigned>(blocks), 256, 0,
+         stream, phi, s, w, total, n, static_cast<int>(H), static_cast<int>(d));
 }
 
 template <typename T>
@@ -310,9 +309,8 @@ void feature_weights_backward(T* ds, float* dw, const T* dphi, const T* s, const
   const int64_t splits = std::max<int64_t>(
       1, std::min<int64_t>({(rows_per_head + rp - 1) / rp, 65535, int64_t{sm_count()} * 4 / heads_with_rows + 1}));
   const dim3 grid(static_cast<unsigned>(heads_with_rows), static_cast<unsigned>(splits));
-  feature_weights_backward_kernel<T><<<grid, 256, 0, stream>>>(ds, dw, dphi, s, w, BH, static_cast<int>(H), n,
-                                                               static_cast<int>(d));
-  check_launch(op);
+  launch("feature_weights_backward_kernel", feature_weights_backward_kernel<T>, grid, 256, 0, stream, ds, dw, dphi,
+         s, w, BH, static_cast<int>(H), n, static_cast<int>(d));
 }
 
 #define DJ_INSTANTIATE(T)                                                                                       \

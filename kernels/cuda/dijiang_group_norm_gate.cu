@@ -22,6 +22,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/dijiang_attention.h"
 #include "kernels/cuda/dijiang_attention_device.cuh"
+#include "kernels/cuda/launch.h"
 
 namespace dj::cuda {
 
@@ -57,7 +58,7 @@ __global__ void __launch_bounds__(kThreads) group_norm_gate_forward_kernel(T* y,
                                                                            const T* x, const float* w,
                                                                            const float* b, const T* g, int channels,
                                                                            int groups, float eps) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  DJ_DYNAMIC_SHARED(smem);
   float* xs = reinterpret_cast<float*>(smem);
   float* mean_s = xs + channels;
   float* rstd_s = mean_s + groups;
@@ -105,7 +106,7 @@ __global__ void __launch_bounds__(kThreads) group_norm_gate_backward_kernel(T* d
                                                                             const float* w, const float* b,
                                                                             const float* mean, const float* rstd,
                                                                             int64_t rows, int channels, int groups) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  DJ_DYNAMIC_SHARED(smem);
   float* us = reinterpret_cast<float*>(smem);  // u = dgn ⊙ w
   float* xh = us + channels;                   // x̂
   float* dw_s = xh + channels;
@@ -183,9 +184,8 @@ void group_norm_gate_forward(T* y, T* gn, float* mean, float* rstd, const T* x, 
   auto kernel = group_norm_gate_forward_kernel<T>;
   if (bytes > 48 * 1024) allow_shared(kernel, bytes);
   require(rows <= 0x7fffffff, op, "too many rows");
-  kernel<<<static_cast<unsigned>(rows), kThreads, bytes, stream>>>(
-      y, gn, mean, rstd, x, w, b, g, static_cast<int>(channels), static_cast<int>(groups), eps);
-  check_launch(op);
+  launch("group_norm_gate_forward_kernel", kernel, static_cast<unsigned>(rows), kThreads, bytes, stream, y, gn, mean,
+         rstd, x, w, b, g, static_cast<int>(channels), static_cast<int>(groups), eps);
 }
 
 template <typename T>
@@ -202,10 +202,8 @@ void group_norm_gate_backward(T* dx, T* dg, float* dw, float* db, const T* dy, c
   int per_sm = 0;
   DJ_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, bytes));
   const int64_t blocks = std::min<int64_t>(rows, int64_t{std::max(per_sm, 1)} * sm_count());
-  kernel<<<static_cast<unsigned>(blocks), kThreads, bytes, stream>>>(dx, dg, dw, db, dy, x, g, w, b, mean, rstd,
-                                                                     rows, static_cast<int>(channels),
-                                                                     static_cast<int>(groups));
-  check_launch(op);
+  launch("group_norm_gate_backward_kernel", kernel, static_cast<unsigned>(blocks), kThreads, bytes, stream, dx, dg,
+         dw, db, dy, x, g, w, b, mean, rstd, rows, static_cast<int>(channels), static_cast<int>(groups));
 }
 
 #define DJ_INSTANTIATE(T)                                                                                      \

@@ -3,6 +3,7 @@
 #include "kernels/cuda/layout.h"
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops_device.cuh"
 
 namespace dj::cuda {
@@ -77,8 +78,7 @@ template <typename T>
 void split_qkv(T* q, T* k, T* v, const T* qkv, int64_t B, int64_t S, int64_t H, int64_t d, cudaStream_t stream) {
   const int64_t n = B * H * S * d;
   if (n == 0) return;
-  split_qkv_kernel<<<blocks_for(n), kThreads, 0, stream>>>(q, k, v, qkv, n, S, H, d);
-  check_launch("split_qkv");
+  launch("split_qkv_kernel", split_qkv_kernel<T>, blocks_for(n), kThreads, 0, stream, q, k, v, qkv, n, S, H, d);
 }
 
 template <typename T>
@@ -86,38 +86,33 @@ void join_qkv(T* qkv, const T* q, const T* k, const T* v, int64_t B, int64_t S, 
               cudaStream_t stream) {
   const int64_t n = B * H * S * d;
   if (n == 0) return;
-  join_qkv_kernel<<<blocks_for(n), kThreads, 0, stream>>>(qkv, q, k, v, n, S, H, d);
-  check_launch("join_qkv");
+  launch("join_qkv_kernel", join_qkv_kernel<T>, blocks_for(n), kThreads, 0, stream, qkv, q, k, v, n, S, H, d);
 }
 
 template <typename T>
 void merge_heads(T* merged, const T* heads, int64_t B, int64_t S, int64_t H, int64_t d, cudaStream_t stream) {
   const int64_t n = B * H * S * d;
   if (n == 0) return;
-  merge_heads_kernel<<<blocks_for(n), kThreads, 0, stream>>>(merged, heads, n, S, H, d);
-  check_launch("merge_heads");
+  launch("merge_heads_kernel", merge_heads_kernel<T>, blocks_for(n), kThreads, 0, stream, merged, heads, n, S, H, d);
 }
 
 template <typename T>
 void split_heads(T* heads, const T* merged, int64_t B, int64_t S, int64_t H, int64_t d, cudaStream_t stream) {
   const int64_t n = B * H * S * d;
   if (n == 0) return;
-  split_heads_kernel<<<blocks_for(n), kThreads, 0, stream>>>(heads, merged, n, S, H, d);
-  check_launch("split_heads");
+  launch("split_heads_kernel", split_heads_kernel<T>, blocks_for(n), kThreads, 0, stream, heads, merged, n, S, H, d);
 }
 
 template <typename T>
 void add(T* out, const T* a, const T* b, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  add_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, a, b, n);
-  check_launch("add");
+  launch("add_kernel", add_kernel<T>, blocks_for(n), kThreads, 0, stream, out, a, b, n);
 }
 
 template <typename T>
 void add3(T* out, const T* x, const T* b, const T* c, int64_t n, cudaStream_t stream) {
   if (n == 0) return;
-  add3_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, x, b, c, n);
-  check_launch("add3");
+  launch("add3_kernel", add3_kernel<T>, blocks_for(n), kThreads, 0, stream, out, x, b, c, n);
 }
 
 #define DJ_LAYOUT_INSTANTIATE(T)                                                                              \

@@ -28,6 +28,7 @@
 #include <stdexcept>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/ops_device.cuh"
 
@@ -168,18 +169,9 @@ void adamw_step(float* params, float* m, float* v, const float* grads, const uin
                    detail::aligned(v, 16) && detail::aligned(grads, 16) &&
                    detail::aligned(decay, 4) && (update == nullptr || detail::aligned(update, 4));
   const unsigned grid = detail::grid_for(vec ? (n + 3) / 4 : n, kThreads);
-  if (vec) {
-    if (update != nullptr)
-      adamw_kernel<4, true><<<grid, kThreads, 0, stream>>>(params, m, v, grads, decay, update, n, s);
-    else
-      adamw_kernel<4, false><<<grid, kThreads, 0, stream>>>(params, m, v, grads, decay, update, n, s);
-  } else {
-    if (update != nullptr)
-      adamw_kernel<1, true><<<grid, kThreads, 0, stream>>>(params, m, v, grads, decay, update, n, s);
-    else
-      adamw_kernel<1, false><<<grid, kThreads, 0, stream>>>(params, m, v, grads, decay, update, n, s);
-  }
-  check_launch("adamw_kernel");
+  auto kernel = vec ? (update != nullptr ? adamw_kernel<4, true> : adamw_kernel<4, false>)
+                    : (update != nullptr ? adamw_kernel<1, true> : adamw_kernel<1, false>);
+  launch("adamw_kernel", kernel, grid, kThreads, 0, stream, params, m, v, grads, decay, update, n, s);
 }
 
 void sum_of_squares_async(const float* grads, int64_t n, double* result, cudaStream_t stream) {
@@ -192,11 +184,10 @@ void sum_of_squares_async(const float* grads, int64_t n, double* result, cudaStr
   double* partials = nullptr;
   DJ_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partials),
                                 static_cast<size_t>(blocks) * sizeof(double), stream));
-  sum_of_squares_partials_kernel<<<static_cast<unsigned>(blocks), kNormThreads, 0, stream>>>(
-      partials, grads, n);
-  check_launch("sum_of_squares_partials_kernel");
-  sum_of_squares_finish_kernel<<<1, kNormFinishThreads, 0, stream>>>(result, partials, blocks);
-  check_launch("sum_of_squares_finish_kernel");
+  launch("sum_of_squares_partials_kernel", sum_of_squares_partials_kernel, static_cast<unsigned>(blocks),
+         kNormThreads, 0, stream, partials, grads, n);
+  launch("sum_of_squares_finish_kernel", sum_of_squares_finish_kernel, 1, kNormFinishThreads, 0, stream, result,
+         partials, blocks);
   DJ_CUDA_CHECK(cudaFreeAsync(partials, stream));
 }
 

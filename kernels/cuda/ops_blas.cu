@@ -44,6 +44,7 @@
 #include <utility>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/ops_device.cuh"
 
@@ -287,12 +288,11 @@ void gemm_fallback(Blas& blas, const Problem& pr, cudaStream_t stream) {
   if (grid_x > 0x7fffffff || grid_y > 65535)
     throw std::runtime_error("gemm: cuBLASLt declined the product and it is too large for the "
                              "fallback kernel");
-  gemm_fallback_kernel<TA, TC>
-      <<<dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y)),
-         dim3(kFallbackTile, kFallbackTile), 0, stream>>>(
-          pr.trans_a, pr.trans_b, pr.M, pr.N, pr.K, pr.alpha, static_cast<const TA*>(pr.A),
-          static_cast<const TA*>(pr.B), pr.beta, static_cast<TC*>(pr.C));
-  check_launch("gemm_fallback_kernel");
+  launch("gemm_fallback_kernel", gemm_fallback_kernel<TA, TC>,
+         dim3(static_cast<unsigned>(grid_x), static_cast<unsigned>(grid_y)),
+         dim3(kFallbackTile, kFallbackTile), 0, stream, pr.trans_a, pr.trans_b, pr.M, pr.N, pr.K,
+         pr.alpha, static_cast<const TA*>(pr.A), static_cast<const TA*>(pr.B), pr.beta,
+         static_cast<TC*>(pr.C));
   ++blas.cache().fallbacks;
 }
 
@@ -341,8 +341,8 @@ void gemm(Blas& blas, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t 
   if (M == 0 || N == 0) return;
   if (K == 0) {
     if (beta == 1.0f) return;
-    scale_matrix_kernel<TC><<<detail::grid_for(M * N, 256), 256, 0, stream>>>(C, M * N, beta);
-    check_launch("scale_matrix_kernel");
+    launch("scale_matrix_kernel", scale_matrix_kernel<TC>, detail::grid_for(M * N, 256), 256, 0, stream,
+           C, M * N, beta);
     return;
   }
   Problem pr;
@@ -367,8 +367,8 @@ void linear_forward(Blas& blas, T* y, const T* x, const T* W, const T* b, int64_
   if (rows < 0 || in < 0 || out < 0) throw std::invalid_argument("linear_forward: negative size");
   if (rows == 0 || out == 0) return;
   if (in == 0) {
-    broadcast_bias_kernel<T><<<detail::grid_for(rows * out, 256), 256, 0, stream>>>(y, b, rows, out);
-    check_launch("broadcast_bias_kernel");
+    launch("broadcast_bias_kernel", broadcast_bias_kernel<T>, detail::grid_for(rows * out, 256), 256, 0,
+           stream, y, b, rows, out);
     return;
   }
   Problem pr = linear_problem(y, x, W, rows, in, out);
@@ -379,10 +379,9 @@ void linear_forward(Blas& blas, T* y, const T* x, const T* W, const T* b, int64_
   if (run_matmul(blas, pr, stream, true)) return;
   // No algorithm with the bias epilogue: seed y with the bias and accumulate the product onto it
   // (beta = 1), as the CPU op does.
-  if (b != nullptr) {
-    broadcast_bias_kernel<T><<<detail::grid_for(rows * out, 256), 256, 0, stream>>>(y, b, rows, out);
-    check_launch("broadcast_bias_kernel");
-  }
+  if (b != nullptr)
+    launch("broadcast_bias_kernel", broadcast_bias_kernel<T>, detail::grid_for(rows * out, 256), 256, 0,
+           stream, y, b, rows, out);
   gemm<T, T>(blas, false, true, rows, out, in, 1.0f, x, W, b != nullptr ? 1.0f : 0.0f, y, stream);
 }
 

@@ -26,6 +26,7 @@
 #include <string>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/ops_device.cuh"
 
@@ -190,13 +191,9 @@ template <typename T, int V>
 void launch_rows(T* logits, const int32_t* targets, int64_t rows, int64_t vocab,
                  bool write_gradient, float grad_scale, double* row_loss, cudaStream_t stream) {
   const auto grid = static_cast<unsigned>(rows);
-  if (write_gradient)
-    cross_entropy_kernel<T, V, true>
-        <<<grid, kThreads, 0, stream>>>(logits, targets, vocab, grad_scale, row_loss);
-  else
-    cross_entropy_kernel<T, V, false>
-        <<<grid, kThreads, 0, stream>>>(logits, targets, vocab, grad_scale, row_loss);
-  check_launch("cross_entropy_kernel");
+  launch("cross_entropy_kernel",
+         write_gradient ? cross_entropy_kernel<T, V, true> : cross_entropy_kernel<T, V, false>, grid,
+         kThreads, 0, stream, logits, targets, vocab, grad_scale, row_loss);
 }
 
 }  // namespace
@@ -216,9 +213,8 @@ void softmax_cross_entropy_async(T* logits, const int32_t* targets, int64_t rows
     launch_rows<T, V>(logits, targets, rows, vocab, write_gradient, grad_scale, row_loss, stream);
   else
     launch_rows<T, 1>(logits, targets, rows, vocab, write_gradient, grad_scale, row_loss, stream);
-  cross_entropy_totals_kernel<<<1, kTotalsThreads, 0, stream>>>(totals, row_loss, targets, rows,
-                                                                vocab);
-  check_launch("cross_entropy_totals_kernel");
+  launch("cross_entropy_totals_kernel", cross_entropy_totals_kernel, 1, kTotalsThreads, 0, stream, totals,
+         row_loss, targets, rows, vocab);
 }
 
 template <typename T>

@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/ops_device.cuh"
 
@@ -102,21 +103,22 @@ template <typename T, GeluKind K>
 void launch_gelu_forward(T* y, const T* x, int64_t n, cudaStream_t stream) {
   constexpr int V = detail::kVec16<T>;
   if (aligned(y, 16) && aligned(x, 16))
-    gelu_forward_kernel<T, V, K><<<grid_for((n + V - 1) / V, kThreads), kThreads, 0, stream>>>(y, x, n);
+    launch("gelu_forward_kernel", gelu_forward_kernel<T, V, K>, grid_for((n + V - 1) / V, kThreads), kThreads,
+           0, stream, y, x, n);
   else
-    gelu_forward_kernel<T, 1, K><<<grid_for(n, kThreads), kThreads, 0, stream>>>(y, x, n);
-  check_launch("gelu_forward_kernel");
+    launch("gelu_forward_kernel", gelu_forward_kernel<T, 1, K>, grid_for(n, kThreads), kThreads, 0, stream, y,
+           x, n);
 }
 
 template <typename T, GeluKind K>
 void launch_gelu_backward(T* dx, const T* dy, const T* x, int64_t n, cudaStream_t stream) {
   constexpr int V = detail::kVec16<T>;
   if (aligned(dx, 16) && aligned(dy, 16) && aligned(x, 16))
-    gelu_backward_kernel<T, V, K>
-        <<<grid_for((n + V - 1) / V, kThreads), kThreads, 0, stream>>>(dx, dy, x, n);
+    launch("gelu_backward_kernel", gelu_backward_kernel<T, V, K>, grid_for((n + V - 1) / V, kThreads),
+           kThreads, 0, stream, dx, dy, x, n);
   else
-    gelu_backward_kernel<T, 1, K><<<grid_for(n, kThreads), kThreads, 0, stream>>>(dx, dy, x, n);
-  check_launch("gelu_backward_kernel");
+    launch("gelu_backward_kernel", gelu_backward_kernel<T, 1, K>, grid_for(n, kThreads), kThreads, 0, stream,
+           dx, dy, x, n);
 }
 
 // ---- conversions and scaling: 4 values per access when aligned ------------------------------------
@@ -190,28 +192,30 @@ void gelu_backward(T* dx, const T* dy, const T* x, int64_t n, GeluKind kind, cud
 void convert(bf16* dst, const float* src, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   if (aligned(dst, 8) && aligned(src, 16))
-    float_to_bf16_kernel<4><<<grid_for((n + 3) / 4, kThreads), kThreads, 0, stream>>>(dst, src, n);
+    launch("float_to_bf16_kernel", float_to_bf16_kernel<4>, grid_for((n + 3) / 4, kThreads), kThreads, 0,
+           stream, dst, src, n);
   else
-    float_to_bf16_kernel<1><<<grid_for(n, kThreads), kThreads, 0, stream>>>(dst, src, n);
-  check_launch("float_to_bf16_kernel");
+    launch("float_to_bf16_kernel", float_to_bf16_kernel<1>, grid_for(n, kThreads), kThreads, 0, stream, dst,
+           src, n);
 }
 
 void convert(float* dst, const bf16* src, int64_t n, cudaStream_t stream) {
   if (n <= 0) return;
   if (aligned(dst, 16) && aligned(src, 8))
-    bf16_to_float_kernel<4><<<grid_for((n + 3) / 4, kThreads), kThreads, 0, stream>>>(dst, src, n);
+    launch("bf16_to_float_kernel", bf16_to_float_kernel<4>, grid_for((n + 3) / 4, kThreads), kThreads, 0,
+           stream, dst, src, n);
   else
-    bf16_to_float_kernel<1><<<grid_for(n, kThreads), kThreads, 0, stream>>>(dst, src, n);
-  check_launch("bf16_to_float_kernel");
+    launch("bf16_to_float_kernel", bf16_to_float_kernel<1>, grid_for(n, kThreads), kThreads, 0, stream, dst,
+           src, n);
 }
 
 void scale(float* x, int64_t n, float factor, cudaStream_t stream) {
   if (n <= 0) return;
   if (aligned(x, 16))
-    scale_kernel<4><<<grid_for((n + 3) / 4, kThreads), kThreads, 0, stream>>>(x, n, factor);
+    launch("scale_kernel", scale_kernel<4>, grid_for((n + 3) / 4, kThreads), kThreads, 0, stream, x, n,
+           factor);
   else
-    scale_kernel<1><<<grid_for(n, kThreads), kThreads, 0, stream>>>(x, n, factor);
-  check_launch("scale_kernel");
+    launch("scale_kernel", scale_kernel<1>, grid_for(n, kThreads), kThreads, 0, stream, x, n, factor);
 }
 
 template void gelu_forward<float>(float*, const float*, int64_t, GeluKind, cudaStream_t);

@@ -23,6 +23,7 @@
 #include <stdexcept>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/ops_device.cuh"
 
@@ -112,15 +113,13 @@ void embedding_forward(T* out, const int32_t* ids, const T* table, int64_t n, in
                        int64_t channels, cudaStream_t stream) {
   if (n <= 0 || channels <= 0) return;
   constexpr int V = detail::kVec16<T>;
-  if (channels % V == 0 && detail::aligned(out, 16) && detail::aligned(table, 16)) {
-    embedding_forward_kernel<T, V>
-        <<<detail::grid_for(n * (channels / V), kThreads), kThreads, 0, stream>>>(
-            out, ids, table, n, vocab, channels);
-  } else {
-    embedding_forward_kernel<T, 1><<<detail::grid_for(n * channels, kThreads), kThreads, 0, stream>>>(
-        out, ids, table, n, vocab, channels);
-  }
-  check_launch("embedding_forward_kernel");
+  if (channels % V == 0 && detail::aligned(out, 16) && detail::aligned(table, 16))
+    launch("embedding_forward_kernel", embedding_forward_kernel<T, V>,
+           detail::grid_for(n * (channels / V), kThreads), kThreads, 0, stream, out, ids, table, n, vocab,
+           channels);
+  else
+    launch("embedding_forward_kernel", embedding_forward_kernel<T, 1>, detail::grid_for(n * channels, kThreads),
+           kThreads, 0, stream, out, ids, table, n, vocab, channels);
 }
 
 template <typename T>
@@ -130,9 +129,8 @@ void embedding_backward(float* dtable, const T* dout, const int32_t* ids, int64_
   const int64_t blocks = std::min<int64_t>(vocab, kMaxBackwardBlocks);
   const int64_t rows_per_block = (vocab + blocks - 1) / blocks;
   const int64_t grid = (vocab + rows_per_block - 1) / rows_per_block;
-  embedding_backward_kernel<T><<<static_cast<unsigned>(grid), kThreads, 0, stream>>>(
-      dtable, dout, ids, n, vocab, channels, rows_per_block);
-  check_launch("embedding_backward_kernel");
+  launch("embedding_backward_kernel", embedding_backward_kernel<T>, static_cast<unsigned>(grid), kThreads, 0,
+         stream, dtable, dout, ids, n, vocab, channels, rows_per_block);
 }
 
 #define DJ_INSTANTIATE(T)                                                                     \

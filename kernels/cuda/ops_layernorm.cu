@@ -26,6 +26,7 @@
 #include <stdexcept>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/ops_device.cuh"
 
@@ -223,14 +224,11 @@ void column_reduce(float* out_a, float* out_b, const T* dy, const T* x, const fl
                                 (kXhat ? 2 : 1) * partial_count * sizeof(float), stream));
   float* partial_b = partials;
   float* partial_a = kXhat ? partials + partial_count : nullptr;
-  column_partials_kernel<T, kXhat>
-      <<<dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(tiles)),
-         dim3(kColTile, kRowLanes), 0, stream>>>(partial_a, partial_b, dy, x, mean, rstd, rows,
-                                                 cols);
-  check_launch("column_partials_kernel");
-  column_finish_kernel<<<detail::grid_for(cols, 256), 256, 0, stream>>>(
-      kXhat ? out_a : nullptr, out_b, partial_a, partial_b, chunks, cols);
-  check_launch("column_finish_kernel");
+  launch("column_partials_kernel", column_partials_kernel<T, kXhat>,
+         dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(tiles)), dim3(kColTile, kRowLanes), 0,
+         stream, partial_a, partial_b, dy, x, mean, rstd, rows, cols);
+  launch("column_finish_kernel", column_finish_kernel, detail::grid_for(cols, 256), 256, 0, stream,
+         kXhat ? out_a : nullptr, out_b, partial_a, partial_b, chunks, cols);
   DJ_CUDA_CHECK(cudaFreeAsync(partials, stream));
 }
 
@@ -246,13 +244,8 @@ void layernorm_forward(T* y, float* mean, float* rstd, const T* x, const T* w, c
                    aligned(b, 16);
   const int threads = row_threads(vec ? channels / V : channels);
   const auto feps = static_cast<float>(eps);
-  if (vec)
-    layernorm_forward_kernel<T, V><<<static_cast<unsigned>(rows), threads, 0, stream>>>(
-        y, mean, rstd, x, w, b, channels, feps);
-  else
-    layernorm_forward_kernel<T, 1><<<static_cast<unsigned>(rows), threads, 0, stream>>>(
-        y, mean, rstd, x, w, b, channels, feps);
-  check_launch("layernorm_forward_kernel");
+  launch("layernorm_forward_kernel", vec ? layernorm_forward_kernel<T, V> : layernorm_forward_kernel<T, 1>,
+         static_cast<unsigned>(rows), threads, 0, stream, y, mean, rstd, x, w, b, channels, feps);
 }
 
 template <typename T>
@@ -266,13 +259,9 @@ void layernorm_backward(T* dx, float* dw, float* db, const T* dy, const T* x, co
     const bool vec = channels % V == 0 && aligned(dx, 16) && aligned(dy, 16) && aligned(x, 16) &&
                      aligned(w, 16);
     const int threads = row_threads(vec ? channels / V : channels);
-    if (vec)
-      layernorm_backward_dx_kernel<T, V><<<static_cast<unsigned>(rows), threads, 0, stream>>>(
-          dx, dy, x, w, mean, rstd, channels);
-    else
-      layernorm_backward_dx_kernel<T, 1><<<static_cast<unsigned>(rows), threads, 0, stream>>>(
-          dx, dy, x, w, mean, rstd, channels);
-    check_launch("layernorm_backward_dx_kernel");
+    launch("layernorm_backward_dx_kernel",
+           vec ? layernorm_backward_dx_kernel<T, V> : layernorm_backward_dx_kernel<T, 1>,
+           static_cast<unsigned>(rows), threads, 0, stream, dx, dy, x, w, mean, rstd, channels);
   }
   column_reduce<T, true>(dw, db, dy, x, mean, rstd, rows, channels, stream);
 }

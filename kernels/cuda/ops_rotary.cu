@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/launch.h"
 #include "kernels/cuda/ops.h"
 #include "kernels/cuda/ops_device.cuh"
 
@@ -70,9 +71,8 @@ void rotate(T* x, const RotaryTable& table, int64_t BH, int64_t T_len, int64_t d
   const int64_t half = rotary_dims / 2;
   if (half == 0 || BH <= 0 || T_len <= 0) return;
   const int64_t rows = BH * T_len;
-  rotary_kernel<T><<<detail::grid_for(rows * half, kThreads), kThreads, 0, stream>>>(
-      x, reinterpret_cast<const double2*>(table.data()), rows, T_len, d, half, inverse);
-  check_launch("rotary_kernel");
+  launch("rotary_kernel", rotary_kernel<T>, detail::grid_for(rows * half, kThreads), kThreads, 0, stream, x,
+         reinterpret_cast<const double2*>(table.data()), rows, T_len, d, half, inverse);
 }
 
 }  // namespace

@@ -25,6 +25,15 @@
 
 namespace dj::gpucheck {
 
+// True when the checks run on the CPU emulation of CUDA (tests/cuda_emulation, defined by its
+// build): each case then picks small shapes that keep the edge cases it lists, and the benchmarks
+// are skipped (the emulation has no meaningful timing).
+#if DIJIANG_CUDA_EMULATION
+inline constexpr bool kEmulated = true;
+#else
+inline constexpr bool kEmulated = false;
+#endif
+
 // Throws std::runtime_error("<call>: <CUDA error string>") when `status` is not cudaSuccess.
 void cuda_check(cudaError_t status, const char* call);
 #define DJ_CUDA(call) ::dj::gpucheck::cuda_check((call), #call)

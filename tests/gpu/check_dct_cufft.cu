@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/launch.h"
 #include "tests/gpu/check.h"
 #include "tests/gpu/dct_cufft.h"
 
@@ -179,9 +180,9 @@ void DctFeatureMap::release() noexcept {
 void DctFeatureMap::pre(const float* x) const {
   if (rows_ == 0) return;
   const int64_t total = rows_ * (d_ / 2 + 1);
-  dct3_pre_kernel<<<grid_for(total, blocks_), kThreads, 0, stream_>>>(
-      static_cast<float2*>(spectrum_), x, static_cast<const float2*>(twiddle_), rows_, static_cast<int>(d_));
-  DJ_CUDA(cudaGetLastError());
+  dj::cuda::launch("dct3_pre_kernel", dct3_pre_kernel, grid_for(total, blocks_), kThreads, 0, stream_,
+                   static_cast<float2*>(spectrum_), x, static_cast<const float2*>(twiddle_), rows_,
+                   static_cast<int>(d_));
 }
 
 void DctFeatureMap::fft(float* v) const {
@@ -192,11 +193,8 @@ void DctFeatureMap::fft(float* v) const {
 void DctFeatureMap::post(float* s, bool softmax) const {
   if (rows_ == 0) return;
   const int blocks = grid_for(rows_ * 32, blocks_);
-  if (d_ <= 64)
-    dct3_post_kernel<2><<<blocks, kThreads, 0, stream_>>>(s, t_, rows_, static_cast<int>(d_), softmax);
-  else
-    dct3_post_kernel<4><<<blocks, kThreads, 0, stream_>>>(s, t_, rows_, static_cast<int>(d_), softmax);
-  DJ_CUDA(cudaGetLastError());
+  dj::cuda::launch("dct3_post_kernel", d_ <= 64 ? dct3_post_kernel<2> : dct3_post_kernel<4>, blocks, kThreads, 0,
+                   stream_, s, t_, rows_, static_cast<int>(d_), softmax);
 }
 
 void DctFeatureMap::forward(float* s, const float* x) const {

@@ -6,8 +6,10 @@
 //   --seed N          seed of the random inputs (default: from the clock; printed either way).
 //                     Each case draws from its own generator, seeded from N and its name, so
 //                     `--seed N --filter NAME` reproduces one case's inputs.
-//   --filter SUBSTR   run only the cases whose name contains SUBSTR.
-//   --bench           run the benchmarks too, after every check.
+//   --filter SUBSTR   run only the cases whose name contains SUBSTR (several: SUBSTR,SUBSTR,...,
+//                     the cases matching any of them).
+//   --bench           run the benchmarks too, after every check (not under the CUDA emulation,
+//                     which skips the benchmarks).
 //   --bench-only      run the benchmarks alone.
 //   --case-timeout S  give up on the whole run when one case takes more than S seconds (default
 //                     60): a hung kernel then still leaves the tables of what ran.
@@ -97,6 +99,18 @@ Options parse(int argc, char** argv) {
     }
   }
   return options;
+}
+
+// Whether `name` contains one of the comma-separated substrings of `filter`.
+bool matches(const std::string& name, const std::string& filter) {
+  size_t begin = 0;
+  for (;;) {
+    const size_t end = filter.find(',', begin);
+    const std::string part = filter.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+    if (!part.empty() && name.find(part) != std::string::npos) return true;
+    if (end == std::string::npos) return false;
+    begin = end + 1;
+  }
 }
 
 uint64_t splitmix64(uint64_t x) {
@@ -316,8 +330,9 @@ int main(int argc, char** argv) {
   for (bool benches : {false, true})
     for (const RegisteredCase& c : all_cases) {
       if (c.is_bench != benches) continue;
-      if (!options.filter.empty() && c.name.find(options.filter) == std::string::npos) continue;
+      if (!options.filter.empty() && !matches(c.name, options.filter)) continue;
       if (c.is_bench ? !options.bench : options.bench_only) continue;
+      if (c.is_bench && dj::gpucheck::kEmulated) continue;
       cases.push_back(&c);
     }
   if (options.list) {
@@ -326,6 +341,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!probe_device()) return 2;
+  if (options.bench && dj::gpucheck::kEmulated) {
+    std::printf("kernel_check: the benchmarks are skipped under the CUDA emulation (no real timing)\n");
+    if (options.bench_only) return 0;
+  }
 
   uint64_t seed = options.seed;
   if (!options.seed_given)

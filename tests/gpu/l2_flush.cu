@@ -5,6 +5,7 @@
 
 #include <cstddef>
 
+#include "kernels/cuda/launch.h"
 #include "registry.h"
 
 namespace dj::gpucheck {
@@ -26,8 +27,9 @@ __global__ void read_all(const int4* __restrict__ data, size_t count, int* sink)
 }  // namespace
 
 cudaError_t l2_flush(const void* buffer, size_t bytes, int* sink, cudaStream_t stream) {
-  read_all<<<1024, 256, 0, stream>>>(static_cast<const int4*>(buffer), bytes / sizeof(int4), sink);
-  return cudaGetLastError();
+  dj::cuda::launch("read_all", read_all, 1024, 256, 0, stream, static_cast<const int4*>(buffer),
+                   bytes / sizeof(int4), sink);  // throws on a launch error
+  return cudaSuccess;
 }
 
 }  // namespace dj::gpucheck

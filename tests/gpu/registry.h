@@ -24,7 +24,7 @@ const std::vector<RegisteredCase>& registered_cases();
 
 // Reads `bytes` of `buffer` (16-byte aligned, zeroed) on `stream`, which leaves the L2 cache
 // holding clean lines of it; `sink` is a device int the kernel never actually writes. In
-// l2_flush.cu; returns the launch's status.
+// l2_flush.cu; a launch error throws (dj::cuda::launch), so it returns cudaSuccess.
 cudaError_t l2_flush(const void* buffer, size_t bytes, int* sink, cudaStream_t stream);
 
 // Held by Context while it appends a row; hold it to read ctx.checks() / ctx.benches() from a

@@ -1,8 +1,19 @@
-// The GPU entry points of trainer/train/gpu.h in builds without the CUDA backend. The backend
-// selection (kernels/backend.h) never picks the GPU in such builds, so these are reached only by
-// a caller that skipped it.
+// The device probe and the GPU entry points of trainer/train/gpu.h in builds without the CUDA
+// backend. The probe finds no device, so the backend selection (kernels/backend.h) never picks the
+// GPU and these entry points are reached only by a caller that skipped it.
 #include "kernels/core/error.h"
+#include "kernels/cuda/device.h"
 #include "trainer/train/gpu.h"
+
+namespace dj::cuda {
+
+DeviceProbe probe_devices() {
+  DeviceProbe probe;
+  probe.error = "this build of dijiang has no CUDA backend";
+  return probe;
+}
+
+}  // namespace dj::cuda
 
 namespace dj::gpu {
 

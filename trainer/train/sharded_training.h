@@ -17,7 +17,8 @@ class ShardedTraining : public TrainingState {
  public:
   // `comm` carries the collectives on the backend's buffers and must outlive this.
   ShardedTraining(const ModelConfig& config, int stage, comm::Communicator& comm, Ops ops, std::string description)
-      : description_(std::move(description)), model_(config, ops), state_(comm, stage, model_.segments(), ops) {
+      : description_(std::move(description)), comm_(comm), model_(config, ops),
+        state_(comm, stage, model_.segments(), ops) {
     model_.use_storage(&state_);
   }
 
@@ -52,6 +53,7 @@ class ShardedTraining : public TrainingState {
   }
   void with_owned(const OwnedFn& fn) override { state_.with_owned(fn); }
   StateMemory memory() const override { return state_.memory(); }
+  comm::Communicator& collectives() override { return comm_; }
   StateMemory peak_memory() const override { return state_.peak_memory(); }
   std::string device_memory_report() const override { return model_ops_report(); }
 
@@ -61,6 +63,7 @@ class ShardedTraining : public TrainingState {
 
  private:
   std::string description_;
+  comm::Communicator& comm_;
   GPTNeoXModel<Ops> model_;
   ShardedState<Ops> state_;
 };

@@ -199,7 +199,7 @@ class Run {
     reset_peak_resident();
     const auto start = std::chrono::steady_clock::now();
     const int64_t first_step = step_;
-    comm_.reset_traffic();
+    state_->collectives().reset_traffic();
     std::vector<int32_t> batch(static_cast<size_t>(std::max<int64_t>(local, 1) * T), 0);
     while (step_ < e_.steps) {
       const auto step_start = std::chrono::steady_clock::now();
@@ -379,7 +379,7 @@ class Run {
   // every rank evaluates every window instead. Rank 0 reports.
   void validate() {
     if (valid_.size() < 2) return;
-    const comm::Traffic before = comm_.traffic();
+    const comm::Traffic before = state_->collectives().traffic();
     const int64_t window = e_.seq_len + 1, n = static_cast<int64_t>(valid_.size());
     const bool shared = world_ > 1 && e_.zero_stage < 3;
     std::vector<int32_t> part;
@@ -398,7 +398,7 @@ class Run {
     }
     if (shared) comm_.all_reduce_host(sums, 2);
     // Stage 3 gathers parameters for validation too; the per-step report counts training only.
-    const comm::Traffic& after = comm_.traffic();
+    const comm::Traffic& after = state_->collectives().traffic();
     validation_traffic_.all_gather += after.all_gather - before.all_gather;
     const double loss = sums[0] / sums[1];
     if (rank_ != 0) return;
@@ -536,7 +536,7 @@ class Run {
     rusage usage{};
     getrusage(RUSAGE_SELF, &usage);
     const StateMemory peak = state_->peak_memory();
-    comm::Traffic t = comm_.traffic();
+    comm::Traffic t = state_->collectives().traffic();
     t.all_gather -= validation_traffic_.all_gather;
     const RankMemory plan =
         plan_rank_memory(plan_input(e_, config_, world_, static_cast<int>(e_.zero_stage), on_gpu_), rank_);

@@ -58,6 +58,9 @@ class TrainingState {
   virtual void with_owned(const OwnedFn& fn) = 0;
   // Bytes of state now and at the peak; and, on a GPU, the device's memory in use ("" on the CPU).
   virtual StateMemory memory() const = 0;
+  // The communicator of the state's collectives (the host one on the CPU, NCCL on GPUs), whose
+  // traffic counters the resource report reads.
+  virtual comm::Communicator& collectives() = 0;
   virtual StateMemory peak_memory() const = 0;
   virtual std::string device_memory_report() const = 0;
 };
