@@ -70,11 +70,11 @@ void register_eval(CLI::App& app) {
     const auto start = std::chrono::steady_clock::now();
     EvalResult r;
     if (backend.backend == Backend::CUDA)
-      r = gpu::evaluate(source, ids, o->seq_len, o->batch, o->precision);
+      r = gpu::evaluate(std::move(source), ids, o->seq_len, o->batch, o->precision);
     else if (o->precision == "f64")
-      r = evaluate_windows<double>(source, ids, o->seq_len, o->batch);
+      r = evaluate_windows<double>(std::move(source), ids, o->seq_len, o->batch);
     else
-      r = evaluate_windows<float>(source, ids, o->seq_len, o->batch);
+      r = evaluate_windows<float>(std::move(source), ids, o->seq_len, o->batch);
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     const double loss = r.loss_sum / static_cast<double>(r.predicted);
     if (o->json) {

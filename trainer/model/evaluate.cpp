@@ -3,14 +3,14 @@
 namespace dj {
 
 template <typename T>
-EvalResult evaluate_windows(const ModelSource& source, const std::vector<int32_t>& ids, int64_t seq_len,
-                            int64_t batch) {
+EvalResult evaluate_windows(ModelSource source, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch) {
   GPTNeoX<T> model(source.config);
   model.load(source.tensors, source.path.string());
+  TensorMap().swap(source.tensors);
   return evaluate_windows(model, ids, seq_len, batch);
 }
 
-template EvalResult evaluate_windows<float>(const ModelSource&, const std::vector<int32_t>&, int64_t, int64_t);
-template EvalResult evaluate_windows<double>(const ModelSource&, const std::vector<int32_t>&, int64_t, int64_t);
+template EvalResult evaluate_windows<float>(ModelSource, const std::vector<int32_t>&, int64_t, int64_t);
+template EvalResult evaluate_windows<double>(ModelSource, const std::vector<int32_t>&, int64_t, int64_t);
 
 }  // namespace dj

@@ -21,7 +21,10 @@ struct EvalResult {
 // forms one shorter window (a single leftover token predicts nothing and is dropped). Each window
 // is an independent sequence (positions restart at 0) predicting its tokens 1..n-1. Full windows
 // are evaluated `batch` at a time, through the model's evaluation pass (no activations kept for a
-// backward). Ids must lie below the model's vocabulary size. Model is any GPTNeoXModel.
+// backward), in passes of at most kEvalTokensPerPass tokens (one window when windows are longer):
+// memory is one layer's activations of such a pass, whatever the batch and the stream's length.
+// Ids must lie below the model's vocabulary size. Model is any GPTNeoXModel.
+inline constexpr int64_t kEvalTokensPerPass = 8192;
 template <typename Model>
 EvalResult evaluate_windows(Model& model, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch) {
   if (seq_len < 2) fail("--seq-len must be at least 2, got {}", seq_len);
@@ -34,8 +37,9 @@ EvalResult evaluate_windows(Model& model, const std::vector<int32_t>& ids, int64
   if (full == 0 && remainder < 2) fail("{} token(s) are too few to predict anything", n);
 
   EvalResult r;
-  for (int64_t w = 0; w < full; w += batch) {
-    const int64_t b = std::min(batch, full - w);
+  const int64_t per_pass = std::clamp<int64_t>(kEvalTokensPerPass / seq_len, 1, batch);
+  for (int64_t w = 0; w < full; w += per_pass) {
+    const int64_t b = std::min(per_pass, full - w);
     const LossSum loss = model.evaluate(ids.data() + w * seq_len, b, seq_len);
     r.loss_sum += loss.sum;
     r.predicted += loss.count;
@@ -52,9 +56,9 @@ EvalResult evaluate_windows(Model& model, const std::vector<int32_t>& ids, int64
   return r;
 }
 
-// The same with a CPU model built from `source` (T: float or double).
+// The same with a CPU model built from `source` (T: float or double); the source's tensors are
+// released once the model holds them.
 template <typename T>
-EvalResult evaluate_windows(const ModelSource& source, const std::vector<int32_t>& ids, int64_t seq_len,
-                            int64_t batch);
+EvalResult evaluate_windows(ModelSource source, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch);
 
 }  // namespace dj

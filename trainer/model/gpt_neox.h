@@ -110,7 +110,8 @@ class GPTNeoXModel {
 
   // Evaluation: the loss sum of ids [batch, seq] without keeping anything for a backward pass:
   // one layer's activations at a time, and the logits of at most `rows_per_block` rows.
-  LossSum evaluate(const int32_t* ids, int64_t batch, int64_t seq, int64_t rows_per_block = 1024);
+  static constexpr int64_t kEvalLogitRows = 256;
+  LossSum evaluate(const int32_t* ids, int64_t batch, int64_t seq, int64_t rows_per_block = kEvalLogitRows);
 
  private:
   struct LayerActivations {

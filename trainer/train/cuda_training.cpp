@@ -142,10 +142,11 @@ class CudaTraining final : private ContextHolder, public ShardedTraining<CudaOps
 };
 
 template <typename T>
-EvalResult evaluate_on(const ModelSource& source, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch) {
+EvalResult evaluate_on(ModelSource& source, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch) {
   DeviceContext context;
   GPTNeoXModel<CudaOps<T>> model(source.config, CudaOps<T>(context.stream));
   model.load(source.tensors, source.path.string());
+  TensorMap().swap(source.tensors);
   return evaluate_windows(model, ids, seq_len, batch);
 }
 
@@ -186,7 +187,7 @@ DeviceMemory device_memory() {
   return {static_cast<int64_t>(free), static_cast<int64_t>(total)};
 }
 
-EvalResult evaluate(const ModelSource& source, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch,
+EvalResult evaluate(ModelSource source, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch,
                     const std::string& precision) {
   if (precision != "bf16" && precision != "f32") fail("precision {}: the GPU evaluates in bf16 or f32", precision);
   DJ_CUDA_CHECK(cudaSetDevice(0));

@@ -32,8 +32,9 @@ struct DeviceMemory {
 };
 DeviceMemory device_memory();
 
-// Windowed evaluation (evaluate_windows) of `source` on device 0 in `precision` "f32" or "bf16".
-EvalResult evaluate(const ModelSource& source, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch,
+// Windowed evaluation (evaluate_windows) of `source` on device 0 in `precision` "f32" or "bf16";
+// the source's tensors are released once the model holds them.
+EvalResult evaluate(ModelSource source, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch,
                     const std::string& precision);
 
 }  // namespace dj::gpu

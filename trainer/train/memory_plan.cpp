@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/core/error.h"
+#include "trainer/model/gpt_neox.h"
 #include "trainer/model/parameters.h"
 
 namespace dj {
@@ -13,7 +14,7 @@ constexpr int64_t kFloat = 4, kInt = 4, kDouble = 8;
 // cuBLASLt workspace of a CudaOps (kernels/cuda/ops.h, Blas::kDefaultWorkspaceBytes).
 constexpr int64_t kBlasWorkspace = int64_t{32} << 20;
 // Rows of logits the evaluation pass holds at once (GPTNeoXModel::evaluate's default).
-constexpr int64_t kEvalLogitRows = 1024;
+constexpr int64_t kEvalLogitRows = GPTNeoX<float>::kEvalLogitRows;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

@@ -24,7 +24,7 @@ std::unique_ptr<TrainingState> make_training_state(const ModelConfig&, int, cons
 
 DeviceMemory device_memory() { fail("this build of dijiang has no CUDA backend"); }
 
-EvalResult evaluate(const ModelSource&, const std::vector<int32_t>&, int64_t, int64_t, const std::string&) {
+EvalResult evaluate(ModelSource, const std::vector<int32_t>&, int64_t, int64_t, const std::string&) {
   fail("this build of dijiang has no CUDA backend");
 }
 
