@@ -155,18 +155,18 @@ class RotaryTable {
   int64_t rotary_dims_ = 0;
 };
 
-// x: [BH, T_len, d] rotated in place, token t at position offset + t (T_len <= table.max_len(),
-// rotary_dims <= d). The rotation is done in double from the double table, with the CPU's operation
+// x: [BH, T_len, d] rotated in place, token t at the table's position position_offset + t, i.e. at
+// offset + position_offset + t (position_offset + T_len <= table.max_len(), rotary_dims <= d). The rotation is done in double from the double table, with the CPU's operation
 // order and no fused multiply-adds: fp32 results equal the CPU's bit for bit (but for ~2^-28 of the
 // values when the CPU build contracts to FMA).
 template <typename T>
 void rotary_forward(T* x, const RotaryTable& table, int64_t BH, int64_t T_len, int64_t d,
-                    cudaStream_t stream);
+                    cudaStream_t stream, int64_t position_offset = 0);
 
 // The adjoint (rotation by the negative angle), in place on the gradient.
 template <typename T>
 void rotary_backward(T* dx, const RotaryTable& table, int64_t BH, int64_t T_len, int64_t d,
-                     cudaStream_t stream);
+                     cudaStream_t stream, int64_t position_offset = 0);
 
 // ---------------------------------------------------------------------------------------------
 // Token embedding

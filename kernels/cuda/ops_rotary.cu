@@ -62,17 +62,17 @@ __global__ void __launch_bounds__(kThreads)
 
 template <typename T>
 void rotate(T* x, const RotaryTable& table, int64_t BH, int64_t T_len, int64_t d, bool inverse,
-            cudaStream_t stream) {
+            cudaStream_t stream, int64_t position_offset) {
   const int64_t rotary_dims = table.rotary_dims();
   if (rotary_dims > d)
     throw std::invalid_argument("rotary: rotary_dims exceeds the head size");
-  if (T_len > table.max_len())
-    throw std::invalid_argument("rotary: sequence longer than the table's max_len");
+  if (position_offset < 0 || position_offset + T_len > table.max_len())
+    throw std::invalid_argument("rotary: positions beyond the table's max_len");
   const int64_t half = rotary_dims / 2;
   if (half == 0 || BH <= 0 || T_len <= 0) return;
   const int64_t rows = BH * T_len;
   launch("rotary_kernel", rotary_kernel<T>, detail::grid_for(rows * half, kThreads), kThreads, 0, stream, x,
-         reinterpret_cast<const double2*>(table.data()), rows, T_len, d, half, inverse);
+         reinterpret_cast<const double2*>(table.data()) + position_offset * half, rows, T_len, d, half, inverse);
 }
 
 }  // namespace
@@ -123,20 +123,21 @@ RotaryTable& RotaryTable::operator=(RotaryTable&& other) noexcept {
 
 template <typename T>
 void rotary_forward(T* x, const RotaryTable& table, int64_t BH, int64_t T_len, int64_t d,
-                    cudaStream_t stream) {
-  rotate(x, table, BH, T_len, d, false, stream);
+                    cudaStream_t stream, int64_t position_offset) {
+  rotate(x, table, BH, T_len, d, false, stream, position_offset);
 }
 
 template <typename T>
 void rotary_backward(T* dx, const RotaryTable& table, int64_t BH, int64_t T_len, int64_t d,
-                     cudaStream_t stream) {
-  rotate(dx, table, BH, T_len, d, true, stream);
+                     cudaStream_t stream, int64_t position_offset) {
+  rotate(dx, table, BH, T_len, d, true, stream, position_offset);
 }
 
 #define DJ_INSTANTIATE(T)                                                                       \
-  template void rotary_forward<T>(T*, const RotaryTable&, int64_t, int64_t, int64_t,            \
-                                  cudaStream_t);                                                \
-  template void rotary_backward<T>(T*, const RotaryTable&, int64_t, int64_t, int64_t, cudaStream_t);
+  template void rotary_forward<T>(T*, const RotaryTable&, int64_t, int64_t, int64_t, cudaStream_t, \
+                                  int64_t);                                                       \
+  template void rotary_backward<T>(T*, const RotaryTable&, int64_t, int64_t, int64_t, cudaStream_t, \
+                                   int64_t);
 DJ_INSTANTIATE(float)
 DJ_INSTANTIATE(bf16)
 #undef DJ_INSTANTIATE

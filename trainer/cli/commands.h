@@ -13,5 +13,6 @@ void register_tokenize(CLI::App& app);
 void register_train(CLI::App& app);
 void register_plot(CLI::App& app);
 void register_preprocess(CLI::App& app);
+void register_generate(CLI::App& app);
 
 }  // namespace dj::cli

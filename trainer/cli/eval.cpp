@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 #include "kernels/core/error.h"
 #include "trainer/cli/commands.h"
+#include "trainer/cli/model_options.h"
 #include "trainer/data/npy.h"
 #include "trainer/data/token_stream.h"
 #include "trainer/data/tokenizer.h"
@@ -28,13 +29,6 @@ struct EvalOptions {
   bool json = false;
 };
 
-// --tokenizer, else the model directory's own tokenizer.json, else the shipped GPT-NeoX one.
-std::filesystem::path tokenizer_for(const EvalOptions& o) {
-  if (!o.tokenizer.empty()) return o.tokenizer;
-  const std::filesystem::path beside_model = std::filesystem::path(o.model) / "tokenizer.json";
-  if (std::filesystem::is_regular_file(beside_model)) return beside_model;
-  return DIJIANG_DATA_DIR "/tokenizer/tokenizer.json";
-}
 }  // namespace
 
 void register_eval(CLI::App& app) {
@@ -56,7 +50,7 @@ void register_eval(CLI::App& app) {
   cmd->callback([o] {
     if (o->tokens.empty() && o->text.empty()) fail("eval needs --tokens FILE.npy or --text FILE");
     const std::vector<int32_t> ids = o->text.empty() ? read_token_stream(o->tokens)
-                                                      : encode_text_file(Tokenizer::from_file(tokenizer_for(*o)), o->text);
+                                                      : encode_text_file(Tokenizer::from_file(tokenizer_for(o->model, o->tokenizer)), o->text);
     ModelSource source = read_model_source(o->model);
     if (!o->dijiang_form.empty()) {
       if (!source.config.is_dijiang()) fail("--dijiang-form applies to DiJiang models; {} has softmax attention", o->model);

@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
   dj::cli::register_train(app);
   dj::cli::register_plot(app);
   dj::cli::register_preprocess(app);
+  dj::cli::register_generate(app);
 
   try {
     app.parse(argc, argv);

@@ -24,6 +24,7 @@
 #include "kernels/core/error.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/cross_entropy.h"
+#include "kernels/cpu/decode.h"
 #include "kernels/cpu/dijiang.h"
 #include "kernels/cpu/embedding.h"
 #include "kernels/cpu/gelu.h"
@@ -117,8 +118,10 @@ class CpuOps {
   void gelu_backward(Act* dx, const Act* dy, const Act* x, int64_t n, cpu::GeluKind kind) {
     cpu::gelu_backward(dx, dy, x, n, kind);
   }
-  void rotary_forward(Act* x, int64_t BH, int64_t S, int64_t d, int64_t rotary_dims, double base) {
-    cpu::rotary_forward(x, BH, S, d, rotary_dims, base);
+  // Token t of each row at position position_offset + t (decoding continues a sequence).
+  void rotary_forward(Act* x, int64_t BH, int64_t S, int64_t d, int64_t rotary_dims, double base,
+                      int64_t position_offset = 0) {
+    cpu::rotary_forward(x, BH, S, d, rotary_dims, base, position_offset);
   }
   void rotary_backward(Act* dx, int64_t BH, int64_t S, int64_t d, int64_t rotary_dims, double base) {
     cpu::rotary_backward(dx, BH, S, d, rotary_dims, base);
@@ -174,6 +177,29 @@ class CpuOps {
     cpu::decay_attention_backward(dfq, dfk, dv, dlog_gamma, dout, fq, fk, v, log_gamma, BH, H, n, m, dv_size, form,
                                   chunk);
   }
+  // Decoding (kernels/cpu/decode.h, dijiang.h): rows between strided buffers, the teacher's
+  // attention of one new token over its key/value cache, and DiJiang's recurrent state [BH, m, dv]
+  // (Stat: fp32 on the GPU) after a prefix and after each further token.
+  void copy_rows(Act* dst, int64_t dst_stride, const Act* src, int64_t src_stride, int64_t rows, int64_t width) {
+    cpu::copy_rows(dst, dst_stride, src, src_stride, rows, width);
+  }
+  void cached_attention_step(Act* o, const Act* q, const Act* k_cache, const Act* v_cache, int64_t BH, int64_t len,
+                             int64_t capacity, int64_t d, double scale) {
+    cpu::cached_attention_step(o, q, k_cache, v_cache, BH, len, capacity, d, scale);
+  }
+  void decay_attention_prefill_state(Stat* state, const Act* fk, const Act* v, const Param* log_gamma, int64_t BH,
+                                     int64_t H, int64_t n, int64_t m, int64_t dv, int64_t chunk) {
+    cpu::decay_attention_prefill_state(state, fk, v, log_gamma, BH, H, n, m, dv, chunk);
+  }
+  void decay_attention_step(Act* o, Stat* state, const Act* fq, const Act* fk, const Act* v, const Param* log_gamma,
+                            int64_t BH, int64_t H, int64_t m, int64_t dv) {
+    cpu::decay_attention_step(o, state, fq, fk, v, log_gamma, BH, H, m, dv);
+  }
+  // Values of the backend's activations on the host, as double (waits on a device).
+  void download_double(double* host, const Act* src, int64_t n) const {
+    for (int64_t i = 0; i < n; ++i) host[i] = static_cast<double>(src[i]);
+  }
+
   void group_norm_gate_forward(Act* y, Stat* mean, Stat* rstd, const Act* x, const Param* w, const Param* b,
                                const Act* gate, int64_t rows, int64_t channels, int64_t groups, double eps) {
     cpu::group_norm_gate_forward(y, mean, rstd, x, w, b, gate, rows, channels, groups, eps);

@@ -5,8 +5,10 @@
 #include <thread>
 #include <tuple>
 #include <utility>
+#include <vector>
 
 #include "kernels/core/error.h"
+#include "kernels/cuda/decode.h"
 #include "kernels/cuda/dijiang_attention.h"
 #include "kernels/cuda/layout.h"
 #include "kernels/cuda/ops.h"
@@ -171,8 +173,10 @@ void CudaOps<T>::gelu_backward(T* dx, const T* dy, const T* x, int64_t n, cpu::G
 }
 
 template <typename T>
-void CudaOps<T>::rotary_forward(T* x, int64_t BH, int64_t S, int64_t d, int64_t rotary_dims, double base) {
-  cuda::rotary_forward(x, resources_->table(S, rotary_dims, base), BH, S, d, stream_);
+void CudaOps<T>::rotary_forward(T* x, int64_t BH, int64_t S, int64_t d, int64_t rotary_dims, double base,
+                                int64_t position_offset) {
+  cuda::rotary_forward(x, resources_->table(position_offset + S, rotary_dims, base), BH, S, d, stream_,
+                       position_offset);
 }
 
 template <typename T>
@@ -260,6 +264,43 @@ void CudaOps<T>::decay_attention_forward(T* o, const T* fq, const T* fk, const T
                                          int64_t chunk) {
   if (!supports(form)) fail("the GPU computes the chunkwise form of DiJiang attention only");
   cuda::decay_attention_forward(o, fq, fk, v, log_gamma, BH, H, n, m, dv, chunk, stream_);
+}
+
+template <typename T>
+void CudaOps<T>::copy_rows(T* dst, int64_t dst_stride, const T* src, int64_t src_stride, int64_t rows,
+                           int64_t width) {
+  cuda::copy_rows(dst, dst_stride, src, src_stride, rows, width, stream_);
+}
+
+template <typename T>
+void CudaOps<T>::cached_attention_step(T* o, const T* q, const T* k_cache, const T* v_cache, int64_t BH, int64_t len,
+                                       int64_t capacity, int64_t d, double scale) {
+  cuda::cached_attention_step(o, q, k_cache, v_cache, BH, len, capacity, d, scale, stream_);
+}
+
+template <typename T>
+void CudaOps<T>::decay_attention_prefill_state(float* state, const T* fk, const T* v, const float* log_gamma,
+                                               int64_t BH, int64_t H, int64_t n, int64_t m, int64_t dv,
+                                               int64_t chunk) {
+  cuda::decay_attention_prefill_state(state, fk, v, log_gamma, BH, H, n, m, dv, chunk, stream_);
+}
+
+template <typename T>
+void CudaOps<T>::decay_attention_step(T* o, float* state, const T* fq, const T* fk, const T* v,
+                                      const float* log_gamma, int64_t BH, int64_t H, int64_t m, int64_t dv) {
+  cuda::decay_attention_step(o, state, fq, fk, v, log_gamma, BH, H, m, dv, stream_);
+}
+
+template <typename T>
+void CudaOps<T>::download_double(double* host, const T* src, int64_t n) const {
+  std::vector<T> values(static_cast<size_t>(n));
+  download(values.data(), src, n);
+  for (int64_t i = 0; i < n; ++i) {
+    if constexpr (std::is_same_v<T, float>)
+      host[i] = values[static_cast<size_t>(i)];
+    else
+      host[i] = static_cast<double>(__bfloat162float(values[static_cast<size_t>(i)]));
+  }
 }
 
 template <typename T>

@@ -87,7 +87,8 @@ class CudaOps {
                          float* C);
   void gelu_forward(T* y, const T* x, int64_t n, cpu::GeluKind kind);
   void gelu_backward(T* dx, const T* dy, const T* x, int64_t n, cpu::GeluKind kind);
-  void rotary_forward(T* x, int64_t BH, int64_t S, int64_t d, int64_t rotary_dims, double base);
+  void rotary_forward(T* x, int64_t BH, int64_t S, int64_t d, int64_t rotary_dims, double base,
+                      int64_t position_offset = 0);
   void rotary_backward(T* dx, int64_t BH, int64_t S, int64_t d, int64_t rotary_dims, double base);
   void split_qkv(T* q, T* k, T* v, const T* qkv, int64_t B, int64_t S, int64_t H, int64_t d);
   void join_qkv(T* qkv, const T* q, const T* k, const T* v, int64_t B, int64_t S, int64_t H, int64_t d);
@@ -114,6 +115,14 @@ class CudaOps {
   void decay_attention_backward(T* dfq, T* dfk, T* dv, float* dlog_gamma, const T* dout, const T* fq, const T* fk,
                                 const T* v, const float* log_gamma, int64_t BH, int64_t H, int64_t n, int64_t m,
                                 int64_t dv_size, cpu::DecayForm form, int64_t chunk);
+  void copy_rows(T* dst, int64_t dst_stride, const T* src, int64_t src_stride, int64_t rows, int64_t width);
+  void cached_attention_step(T* o, const T* q, const T* k_cache, const T* v_cache, int64_t BH, int64_t len,
+                             int64_t capacity, int64_t d, double scale);
+  void decay_attention_prefill_state(float* state, const T* fk, const T* v, const float* log_gamma, int64_t BH,
+                                     int64_t H, int64_t n, int64_t m, int64_t dv, int64_t chunk);
+  void decay_attention_step(T* o, float* state, const T* fq, const T* fk, const T* v, const float* log_gamma,
+                            int64_t BH, int64_t H, int64_t m, int64_t dv);
+  void download_double(double* host, const T* src, int64_t n) const;
   void group_norm_gate_forward(T* y, float* mean, float* rstd, const T* x, const float* w, const float* b,
                                const T* gate, int64_t rows, int64_t channels, int64_t groups, double eps);
   void group_norm_gate_backward(T* dx, T* dgate, float* dw, float* db, const T* dy, const T* x, const T* gate,

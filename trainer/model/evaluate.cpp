@@ -1,5 +1,7 @@
 #include "trainer/model/evaluate.h"
 
+#include "trainer/model/decoder.h"
+
 namespace dj {
 
 template <typename T>
@@ -12,5 +14,11 @@ EvalResult evaluate_windows(ModelSource source, const std::vector<int32_t>& ids,
 
 template EvalResult evaluate_windows<float>(ModelSource, const std::vector<int32_t>&, int64_t, int64_t);
 template EvalResult evaluate_windows<double>(ModelSource, const std::vector<int32_t>&, int64_t, int64_t);
+
+std::unique_ptr<Decoder> make_cpu_decoder(ModelSource source, const std::string& precision) {
+  if (precision == "f64") return std::make_unique<ModelDecoder<CpuOps<double>>>(source);
+  if (precision == "f32") return std::make_unique<ModelDecoder<CpuOps<float>>>(source);
+  fail("precision {}: the CPU decodes in f32 or f64", precision);
+}
 
 }  // namespace dj

@@ -113,6 +113,27 @@ class GPTNeoXModel {
   static constexpr int64_t kEvalLogitRows = 256;
   LossSum evaluate(const int32_t* ids, int64_t batch, int64_t seq, int64_t rows_per_block = kEvalLogitRows);
 
+  // ---- incremental decoding (generate, eval-tasks, bench generate) ------------------------------
+  // What a batch of sequences continues from: per layer, the softmax model's key/value cache
+  // ([batch·H, capacity, d] each) or DiJiang's recurrent state ([batch·H, d, d], whatever the
+  // length), and the number of positions consumed.
+  struct DecodeState {
+    int64_t batch = 0, capacity = 0, position = 0;
+    std::vector<Array<Act>> keys, values;
+    std::vector<Array<Stat>> states;
+    int64_t bytes() const;
+  };
+  // Room for `capacity` positions (the softmax cache's size; DiJiang's state does not grow).
+  DecodeState start_decoding(int64_t batch, int64_t capacity) const;
+  // dst becomes a copy of src: one context's state continued several ways.
+  void copy_decoding(DecodeState& dst, const DecodeState& src);
+  // Feeds ids [batch, n] (host, row-major) at positions state.position... and writes the logits of
+  // each sequence's last new token to last_logits ([batch, vocab], double). At position 0 the n
+  // tokens are one pass, as in evaluate() (DiJiang: the model's form, and the state of the prefix
+  // from its chunkwise prefill); after that tokens are taken one at a time: a recurrent step of
+  // DiJiang's state (O(1) in the context) or attention over the cache.
+  void decode(DecodeState& state, const int32_t* ids, int64_t n, std::vector<double>& last_logits);
+
  private:
   struct LayerActivations {
     Array<Act> input;                   // residual stream entering the layer [N, D]
@@ -130,6 +151,7 @@ class GPTNeoXModel {
   enum class LogitsState { Logits, Gradient, Consumed };
   struct Activations {
     int64_t batch = 0, seq = 0;
+    DecodeState* decoding = nullptr;  // set while decode() runs a pass
     std::vector<int32_t> host_targets;
     Array<int32_t> ids, targets;
     std::vector<LayerActivations> layers;
@@ -164,6 +186,7 @@ class GPTNeoXModel {
   void layer_forward(Activations& s, LayerActivations& a, int64_t l, const Act* x, Act* out);
   void attention_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out, Act* attn_out);
   void dijiang_core_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out);
+  void decode_pass(Activations& a, DecodeState& state, const int32_t* ids, int64_t n, std::vector<double>* logits);
   void mlp_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out, Act* mlp_out);
   void layer_backward(int64_t l, const Act* dout, Act* dx);
   void attention_backward(int64_t l, const Act* dattn_out, Act* dln);
@@ -180,7 +203,8 @@ class GPTNeoXModel {
   std::vector<typename Storage::Parameters> held_params_;
   std::vector<Grad*> held_grads_;
   Activations acts_;   // training (and plain forward)
-  Activations eval_;   // evaluate(): one layer of activations
+  Activations eval_;   // evaluate() and decoding's first pass: one layer of activations
+  Activations step_;   // decoding's single-token passes
 };
 
 // The CPU model in float (training, evaluation) or double (reference evaluations and

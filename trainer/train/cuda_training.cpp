@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
 #include "trainer/model/cuda_ops.h"
+#include "trainer/model/decoder.h"
 #include "trainer/train/gpu.h"
 #include "trainer/train/memory_plan.h"
 #include "trainer/train/sharded_training.h"
@@ -150,6 +151,21 @@ EvalResult evaluate_on(ModelSource& source, const std::vector<int32_t>& ids, int
   return evaluate_windows(model, ids, seq_len, batch);
 }
 
+// A decoder whose model lives on a stream of its own.
+template <typename T>
+class GpuDecoder final : public Decoder {
+ public:
+  explicit GpuDecoder(ModelSource& source) : decoder_(source, CudaOps<T>(context_.stream)) {}
+  const ModelConfig& config() const override { return decoder_.config(); }
+  std::unique_ptr<Sequences> start(int64_t batch, int64_t capacity) override {
+    return decoder_.start(batch, capacity);
+  }
+
+ private:
+  DeviceContext context_;  // before the decoder, which uses its stream
+  ModelDecoder<CudaOps<T>> decoder_;
+};
+
 }  // namespace
 
 std::unique_ptr<TrainingState> make_training_state(const ModelConfig& config, int stage, const std::string& precision,
@@ -193,6 +209,13 @@ EvalResult evaluate(ModelSource source, const std::vector<int32_t>& ids, int64_t
   DJ_CUDA_CHECK(cudaSetDevice(0));
   if (precision == "bf16") return evaluate_on<__nv_bfloat16>(source, ids, seq_len, batch);
   return evaluate_on<float>(source, ids, seq_len, batch);
+}
+
+std::unique_ptr<Decoder> make_decoder(ModelSource source, const std::string& precision) {
+  if (precision != "bf16" && precision != "f32") fail("precision {}: the GPU decodes in bf16 or f32", precision);
+  DJ_CUDA_CHECK(cudaSetDevice(0));
+  if (precision == "bf16") return std::make_unique<GpuDecoder<__nv_bfloat16>>(source);
+  return std::make_unique<GpuDecoder<float>>(source);
 }
 
 }  // namespace dj::gpu

@@ -10,6 +10,7 @@
 
 #include "comm/communicator.h"
 #include "trainer/model/config.h"
+#include "trainer/model/decoder.h"
 #include "trainer/model/evaluate.h"
 #include "trainer/model/source.h"
 #include "trainer/train/training_state.h"
@@ -36,5 +37,9 @@ DeviceMemory device_memory();
 // the source's tensors are released once the model holds them.
 EvalResult evaluate(ModelSource source, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch,
                     const std::string& precision);
+
+// A decoder (generate, eval-tasks) of `source` on device 0 in `precision` "f32" or "bf16"; the
+// source's tensors are released once the model holds them.
+std::unique_ptr<Decoder> make_decoder(ModelSource source, const std::string& precision);
 
 }  // namespace dj::gpu

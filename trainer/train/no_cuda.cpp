@@ -28,4 +28,8 @@ EvalResult evaluate(ModelSource, const std::vector<int32_t>&, int64_t, int64_t, 
   fail("this build of dijiang has no CUDA backend");
 }
 
+std::unique_ptr<Decoder> make_decoder(ModelSource, const std::string&) {
+  fail("this build of dijiang has no CUDA backend");
+}
+
 }  // namespace dj::gpu

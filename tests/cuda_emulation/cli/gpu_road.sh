@@ -10,6 +10,8 @@
 #             CPU resumed on the GPU, a 2-rank GPU stage-3 checkpoint resumed by one CPU process,
 #             each against 4 uninterrupted CPU steps (1e-5)
 #   eval      eval on the emulated GPU against the CPU: f32 within 1e-6, bf16 within 1e-2
+#   generate  greedy generate on the emulated GPU (KV cache; DiJiang's prefill and recurrent steps)
+#             gives the CPU's tokens in f32; bf16 generates as many; a seeded sampled run twice
 #   refusals  what the GPU cannot run is refused before anything is allocated: a plan over the
 #             device's memory (with the plan table), the parallel DiJiang form, --device cuda
 #             without a device (the CPU build)
@@ -83,6 +85,25 @@ case "$PART" in
         e = (g - c) / c; e = e < 0 ? -e : e; f = (b - c) / c; f = f < 0 ? -f : f;
         printf "%s: CPU %.9f, GPU f32 %.9f (%.1e), GPU bf16 %.6f (%.1e)\n", m, c, g, e, b, f;
         exit !(e <= 1e-6 && f <= 1e-2) }' || fail "eval losses differ"
+    done
+    ;;
+  generate)
+    "$CPU" convert --from data/tiny-neox --to "$WORK/dijiang.h5" --attention dijiang --chunk 16 2>/dev/null
+    "$CPU" tokenize --string 'a;b;c;d;e' --out "$WORK/prompt.npy"
+    tokens() { sed -E 's/.*"tokens":\[([^]]*)\].*/\1/' <<<"$1"; }
+    for model in data/tiny-neox "$WORK/dijiang.h5"; do
+      args=(generate --model "$model" --prompt-tokens "$WORK/prompt.npy" --max-new-tokens 40 --json)
+      cpu=$("$CPU" "${args[@]}")
+      gpu=$("$EMU" "${args[@]}" 2>"$WORK/generate.log")
+      grep -q "generating on CUDA device 0" "$WORK/generate.log" || fail "generate did not run on the GPU"
+      [ "$(tokens "$cpu")" = "$(tokens "$gpu")" ] || fail "$model: GPU f32 tokens $(tokens "$gpu") differ from the CPU's $(tokens "$cpu")"
+      bf16=$("$EMU" "${args[@]}" --precision bf16)
+      [ "$(tokens "$bf16" | tr ',' '\n' | wc -l)" = 40 ] || fail "$model: bf16 did not generate 40 tokens"
+      a=$("$EMU" "${args[@]}" --temperature 0.9 --top-k 50 --top-p 0.95 --seed 7)
+      b=$("$EMU" "${args[@]}" --temperature 0.9 --top-k 50 --top-p 0.95 --seed 7)
+      [ "$(tokens "$a")" = "$(tokens "$b")" ] || fail "$model: a seeded sampled run differs from itself"
+      echo "$model: f32 tokens equal the CPU's; bf16 agrees on $(paste -d' ' <(tokens "$cpu" | tr ',' '\n') \
+        <(tokens "$bf16" | tr ',' '\n') | awk '$1 == $2' | wc -l) of 40"
     done
     ;;
   refusals)
