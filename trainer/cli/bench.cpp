@@ -347,6 +347,8 @@ void register_bench(CLI::App& app) {
   attention->add_option("--out", a->out, "directory for attention.json and attention.png");
   attention->add_flag("--json", a->json, "print the report as one JSON line");
   attention->callback([a] { bench_attention(*a); });
+
+  register_bench_generate(*bench);
 }
 
 }  // namespace dj::cli

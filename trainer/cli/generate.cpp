@@ -54,13 +54,13 @@ class TextStream {
 void run_generate(const GenerateOptions& o) {
   const std::filesystem::path tokenizer_path = tokenizer_for(o.model, o.tokenizer);
   const Tokenizer tokenizer = Tokenizer::from_file(tokenizer_path);
-  const std::vector<int32_t> prompt =
-      o.prompt_tokens.empty() ? tokenizer.encode(o.prompt) : read_npy_tokens(o.prompt_tokens);
+  const bool from_text = o.prompt_tokens.empty();
+  const std::vector<int32_t> prompt = from_text ? tokenizer.encode(o.prompt) : read_npy_tokens(o.prompt_tokens);
   if (prompt.empty()) fail("the prompt is empty: give at least one token");
   Sampler sampler(o.sampling);  // checks the sampling options before the model loads
   ModelSource source = read_model_source(o.model);
   const int32_t eos = end_of_text_id(source);
-  if (o.prompt_tokens.empty())
+  if (from_text)
     check_vocabulary(prompt, source.config, "the prompt", tokenizer_path);
   else
     check_vocabulary(prompt, source.config, o.prompt_tokens);
@@ -126,8 +126,8 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the model directory's, else GPT-NeoX's)");
   cmd->add_option("--precision", o->precision, "f32 (default), f64 (on the CPU) or bf16 (on a GPU)")
       ->check(CLI::IsMember({"f32", "f64", "bf16"}));
-  cmd->callback([o, temperature, top_k, top_p] {
-    if (o->prompt.empty() && o->prompt_tokens.empty()) fail("generate needs --prompt TEXT or --prompt-tokens FILE.npy");
+  cmd->callback([o, text, tokens, temperature, top_k, top_p] {
+    if (text->count() == 0 && tokens->count() == 0) fail("generate needs --prompt TEXT or --prompt-tokens FILE.npy");
     o->sampling.greedy = temperature->count() == 0 && top_k->count() == 0 && top_p->count() == 0;
     run_generate(*o);
   });

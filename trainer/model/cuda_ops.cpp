@@ -1,5 +1,6 @@
 #include "trainer/model/cuda_ops.h"
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <thread>
@@ -27,7 +28,8 @@ template <typename T>
 struct CudaOps<T>::Resources {
   double timeout_s = 0.0;
   std::unique_ptr<cuda::Blas> blas;  // made on the first product
-  // Rotary tables by (rotary dims, base), grown to the longest sequence seen.
+  // Rotary tables by (rotary dims, base), grown to the longest sequence seen: at least doubled each
+  // time, so decoding one position after another rebuilds a table O(log n) times.
   std::map<std::pair<int64_t, double>, std::unique_ptr<cuda::RotaryTable>> rotary;
   cuda::DeviceArray<double> row_loss, sum;  // cross-entropy rows, Σ g²
   cuda::DeviceArray<cuda::CrossEntropyTotals> totals;
@@ -38,7 +40,8 @@ struct CudaOps<T>::Resources {
   }
   const cuda::RotaryTable& table(int64_t length, int64_t rotary_dims, double base) {
     std::unique_ptr<cuda::RotaryTable>& t = rotary[{rotary_dims, base}];
-    if (!t || t->max_len() < length) t = std::make_unique<cuda::RotaryTable>(length, rotary_dims, base);
+    if (!t || t->max_len() < length)
+      t = std::make_unique<cuda::RotaryTable>(t ? std::max(length, 2 * t->max_len()) : length, rotary_dims, base);
     return *t;
   }
 };

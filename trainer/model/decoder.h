@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/core/error.h"
 #include "trainer/model/gpt_neox.h"
 #include "trainer/model/source.h"
 
@@ -28,6 +29,9 @@ class Sequences {
   virtual std::unique_ptr<Sequences> fork() const = 0;
   // Bytes of the decoding state on the backend (the KV cache, or DiJiang's recurrent state).
   virtual int64_t state_bytes() const = 0;
+  // For benchmarks: continue as if `position` tokens had been fed, with the state as it is (zeros
+  // after start). A step's cost depends on the context's length, not on its content.
+  virtual void skip_to(int64_t position) = 0;
 };
 
 class Decoder {
@@ -72,6 +76,11 @@ class ModelDecoder final : public Decoder {
       return copy;
     }
     int64_t state_bytes() const override { return state_.bytes(); }
+    void skip_to(int64_t position) override {
+      if (position < 0 || (!model_.config().is_dijiang() && position >= state_.capacity))
+        fail("skip_to: position {} leaves no room in a cache of {}", position, state_.capacity);
+      state_.position = position;
+    }
 
    private:
     Model& model_;

@@ -410,8 +410,10 @@ typename GPTNeoXModel<Ops>::DecodeState GPTNeoXModel<Ops>::start_decoding(int64_
       state.states.push_back(Ops::template allocate<Stat>(BH * d * d));
       ops.fill_zero(state.states.back().data(), BH * d * d);
     } else {
-      state.keys.push_back(Ops::template allocate<Act>(BH * capacity * d));
-      state.values.push_back(Ops::template allocate<Act>(BH * capacity * d));
+      for (auto* cache : {&state.keys, &state.values}) {
+        cache->push_back(Ops::template allocate<Act>(BH * capacity * d));
+        ops.fill_zero(cache->back().data(), BH * capacity * d);
+      }
     }
   }
   return state;
