@@ -4,11 +4,12 @@
 //
 // Every check draws fresh inputs from ctx.rng, poisons every output with NaN first, and compares
 // with the CPU op in fp64:
-//   - fp32 inputs: the CPU op on the same values; threshold 1e-5 relative L2, except the
-//     log-gamma gradient (1e-4: a sum of O(BH n c) products of both signs, so cancellation lifts
-//     the relative effect of the fp32 rounding of each product);
+//   - fp32 inputs: the CPU op on the same values; threshold 1e-5 relative L2;
 //   - bf16 inputs: the CPU op on the bf16-rounded inputs (so only the kernel's own rounding is
-//     measured: bf16 intermediates for the tensor cores, bf16 outputs); threshold 1e-2.
+//     measured: bf16 intermediates for the tensor cores, bf16 outputs); threshold 1e-2;
+//   - the log-gamma gradient, a sum of O(BH n²) terms of both signs that can cancel to far less
+//     than its terms, is measured against their root-sum-square instead of its value (dlog_scale),
+//     with the same thresholds.
 // Shapes include the odd cases: n = 1, n < chunk, n = k chunk ± 1, H = 1, m = dv = 64 and 128,
 // widths that are not multiples of 16 (padded tiles) or of 8 (no 16-byte vector path), several
 // 64-wide slices, chunk 16/32/128.
@@ -125,10 +126,6 @@ std::vector<float> to_float(const std::vector<double>& v) {
 template <typename T>
 double threshold() {
   return std::is_same_v<T, float> ? 1e-5 : 1e-2;
-}
-template <typename T>
-double threshold_dlog() {
-  return std::is_same_v<T, float> ? 1e-4 : 1e-2;
 }
 
 // log γ_h of the reference schedule: γ_h = 1 − exp(ℓ_h), ℓ = linspace(log(1/32), log(1/512), H).
@@ -255,6 +252,58 @@ struct DecayShape {
   }
 };
 
+// The scale of the log-gamma gradient of each head as a sum of terms of random signs:
+//   scale_h = sqrt( Σ_{bh of head h} Σ_{j<i} τ_ij² ),   τ_ij = (i − j) γ^(i−j) ⟨fq_i, fk_j⟩ ⟨dO_i, v_j⟩
+// (docs/method.md section 4: dlog γ = Σ_{j<=i} (i − j) A_ij (dO Vᵀ)_ij). With random dO and v the
+// terms have random signs, so the gradient is typically of this size, but for some inputs they
+// cancel to a far smaller value: its relative error then has no bound (bf16 reached 4.6e-2 for
+// some seeds). The kernels' rounding errors (the bf16 copies of the states S and R, the decayed
+// keys) are sums of the same kind, so they are a small fraction of scale_h whatever the
+// cancellation, while a wrong or missing group of terms moves the result by a sizeable fraction of
+// it. Errors are measured against scale_h.
+std::vector<double> dlog_scale(const std::vector<float>& fq, const std::vector<float>& fk,
+                               const std::vector<float>& dout, const std::vector<float>& v,
+                               const std::vector<float>& lg, const DecayShape& sh) {
+  const auto [BH, H, n, m, dv, chunk] = sh;
+  std::vector<double> sq(static_cast<size_t>(H), 0.0);
+  for (int64_t bh = 0; bh < BH; ++bh) {
+    const double log_gamma = lg[static_cast<size_t>(bh % H)];
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < i; ++j) {
+        double a = 0.0, g = 0.0;
+        for (int64_t c = 0; c < m; ++c)
+          a += static_cast<double>(fq[static_cast<size_t>((bh * n + i) * m + c)]) *
+               fk[static_cast<size_t>((bh * n + j) * m + c)];
+        for (int64_t c = 0; c < dv; ++c)
+          g += static_cast<double>(dout[static_cast<size_t>((bh * n + i) * dv + c)]) *
+               v[static_cast<size_t>((bh * n + j) * dv + c)];
+        const double e = static_cast<double>(i - j);
+        const double term = e * std::exp(e * log_gamma) * a * g;
+        sq[static_cast<size_t>(bh % H)] += term * term;
+      }
+  }
+  for (double& x : sq) x = std::sqrt(x);
+  return sq;
+}
+
+// Records ‖got − expected‖₂ / ‖scale‖₂ through ctx.compare (scale: the typical size of each value,
+// see dlog_scale), and names the worst value in the note.
+void compare_to_scale(Context& ctx, const std::string& name, const std::vector<double>& got,
+                      const std::vector<double>& expected, const std::vector<double>& scale,
+                      double threshold) {
+  std::vector<double> shifted(got.size());
+  size_t worst = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    shifted[i] = scale[i] + (got[i] - expected[i]);
+    if (std::fabs(got[i] - expected[i]) > std::fabs(got[worst] - expected[worst])) worst = i;
+  }
+  char note[160] = "";
+  if (!got.empty())
+    std::snprintf(note, sizeof note, "worst [%zu]: got %.9g, expected %.9g, scale %.3g", worst, got[worst],
+                  expected[worst], scale[worst]);
+  ctx.compare(name, shifted, scale, threshold, note);
+}
+
 template <typename T>
 void check_decay(Context& ctx, const DecayShape& sh, bool with_dlog) {
   const auto [BH, H, n, m, dv, chunk] = sh;
@@ -315,8 +364,8 @@ void check_decay(Context& ctx, const DecayShape& sh, bool with_dlog) {
       expected[h] = dlog_ref[h] - static_cast<double>(dlog0[h]);
     }
     if (n > 1) {
-      ctx.compare(shape_name("decay bwd dlog_gamma (+=)", type_name<T>(), dims), added, expected,
-                  threshold_dlog<T>());
+      compare_to_scale(ctx, shape_name("decay bwd dlog_gamma (+=, vs scale)", type_name<T>(), dims), added, expected,
+                       dlog_scale(fq, fk, dout, v, lg, sh), threshold<T>());
     } else {  // one position: every decay exponent is 0, so the gradient is exactly 0
       ctx.expect(shape_name("decay bwd dlog_gamma (+=) unchanged (n = 1)", type_name<T>(), dims),
                  std::all_of(added.begin(), added.end(), [](double x) { return std::fabs(x) < 1e-6; }));
