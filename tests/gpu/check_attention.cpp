@@ -10,12 +10,14 @@
 //   - the log-gamma gradient, a sum of O(BH n²) terms of both signs that can cancel to far less
 //     than its terms, is measured against their root-sum-square instead of its value (dlog_scale),
 //     with the same thresholds.
-// Shapes include the odd cases: n = 1, n < chunk, n = k chunk ± 1, H = 1, m = dv = 64 and 128,
-// widths that are not multiples of 16 (padded tiles) or of 8 (no 16-byte vector path), several
-// 64-wide slices, chunk 16/32/128.
+// Shapes include the odd cases: n = 1, n < chunk, n = k chunk ± 1, H = 1, widths that are not
+// multiples of 16 (padded tiles) or of 8 (no 16-byte vector path), several 64-wide slices, chunk
+// 16/32/128, and every Pythia head size: 64 and 128 (the tuned kernels) in the base cases, 32, 80
+// and 256 in the *_heads cases (with 130..250 around the 128-wide column blocks of d > 128).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -35,6 +37,7 @@ namespace {
 using dj::gpucheck::BenchRow;
 using dj::gpucheck::Context;
 using dj::gpucheck::DeviceBuffer;
+using dj::gpucheck::kEmulated;
 using bf16 = __nv_bfloat16;
 
 // ---- bf16 on the host (bit patterns; round to nearest even) ----------------------------------------
@@ -242,6 +245,27 @@ DJ_GPU_CHECK(dijiang_feature_weights) {
   }
 }
 
+// Pythia's other head sizes: 32, 80 and 256, where P no longer fits in shared memory and streams
+// through it in slabs (one row, rows < a 128-row block, several blocks and a ragged last one, d not
+// a multiple of the 32-row slab, and d without the 16-byte path).
+DJ_GPU_CHECK(dijiang_feature_map_heads) {
+  std::vector<std::array<int64_t, 2>> shapes = {{1, 256},  {37, 256}, {300, 256}, {129, 200},
+                                                {40, 130}, {33, 32},  {50, 80}};
+  if (!kEmulated) {  // on a GPU also training sizes: B = 4, H = 8 (16) and L = 1025 rows
+    shapes.push_back({4 * 8 * 1025, 256});
+    shapes.push_back({4 * 16 * 1025, 80});
+  }
+  for (const auto& s : shapes) {
+    check_feature_map<float>(ctx, s[0], s[1]);
+    check_feature_map<bf16>(ctx, s[0], s[1]);
+  }
+  const int64_t weight_shapes[][4] = {{4, 2, 9, 256}, {2, 1, 7, 200}, {3, 3, 5, 32}, {2, 2, 6, 80}};
+  for (const auto& s : weight_shapes) {
+    check_feature_weights<float>(ctx, s[0], s[1], s[2], s[3]);
+    check_feature_weights<bf16>(ctx, s[0], s[1], s[2], s[3]);
+  }
+}
+
 // ---- decay attention -------------------------------------------------------------------------------
 
 struct DecayShape {
@@ -395,6 +419,44 @@ DJ_GPU_CHECK(dijiang_decay_attention) {
   check_decay<bf16>(ctx, kDecayShapes[3], false);
 }
 
+// Pythia's other head sizes (m = dv = d): 32 (14m, 31m), 80 (2.8b) and 256 (1b). Above 128 the
+// forward holds all m features in one block (chunk 32 or 16: the kernel shrinks it to fit) and the
+// backward takes two passes over 128-wide column blocks, summing fp32 partials; the shapes cover
+// each role alone in its second pass (m or dv above 128 alone), ragged blocks and the path
+// without 16-byte copies.
+const DecayShape kDecayHeadShapes[] = {
+    {4, 2, 1, 256, 256, 64},    // n = 1
+    {2, 2, 20, 256, 256, 64},   // n < chunk
+    {2, 1, 97, 256, 256, 32},   // n = 3 chunk + 1, 4 slices of 64 each way
+    {2, 2, 63, 32, 32, 32},     // d = 32, n = 2 chunk − 1
+    {3, 3, 65, 80, 80, 64},     // d = 80, n = chunk + 1, two slices of 64 (one of 16)
+    {2, 2, 70, 256, 80, 32},    // m = 256 only: the dv role takes two passes
+    {2, 1, 50, 80, 256, 16},    // dv = 256 only: the dq and dk roles take two passes
+    {2, 2, 45, 200, 136, 16},   // ragged blocks: m = 128 + 72, dv = 128 + 8
+    {1, 1, 33, 130, 250, 32},   // widths not multiples of 8: no 16-byte path
+};
+// On a GPU also the sizes of training (the emulation would take minutes): Pythia-1b's H = 8, and
+// sequences of many chunks.
+const DecayShape kDecayHeadShapesGpu[] = {
+    {8, 8, 1025, 256, 256, 64},
+    {4, 4, 513, 80, 80, 64},
+    {8, 8, 257, 32, 32, 64},
+};
+
+DJ_GPU_CHECK(dijiang_decay_attention_heads) {
+  for (const DecayShape& sh : kDecayHeadShapes) {
+    check_decay<float>(ctx, sh, true);
+    check_decay<bf16>(ctx, sh, true);
+  }
+  if (!kEmulated)
+    for (const DecayShape& sh : kDecayHeadShapesGpu) {
+      check_decay<float>(ctx, sh, true);
+      check_decay<bf16>(ctx, sh, true);
+    }
+  check_decay<float>(ctx, kDecayHeadShapes[2], false);
+  check_decay<bf16>(ctx, kDecayHeadShapes[7], false);
+}
+
 // Prefill n − 1 tokens, one decoding step with token n − 1: the step's output must equal the
 // chunkwise forward's last output, and the state must equal the prefill state of all n tokens.
 template <typename T>
@@ -456,6 +518,17 @@ void check_decode(Context& ctx, int64_t BH, int64_t H, int64_t n, int64_t m, int
 
 DJ_GPU_CHECK(dijiang_decay_decode) {
   const int64_t shapes[][5] = {{4, 2, 1, 64, 64}, {4, 2, 130, 128, 128}, {3, 1, 65, 64, 80}, {2, 2, 40, 20, 24}};
+  for (const auto& s : shapes) {
+    check_decode<float>(ctx, s[0], s[1], s[2], s[3], s[4]);
+    check_decode<bf16>(ctx, s[0], s[1], s[2], s[3], s[4]);
+  }
+}
+
+// Head sizes 32, 80 and 256 (prefill chunk 64: 32 for m = 256 where that is what fits).
+DJ_GPU_CHECK(dijiang_decay_decode_heads) {
+  std::vector<std::array<int64_t, 5>> shapes = {{3, 1, 1, 256, 256}, {2, 2, 66, 256, 256}, {4, 2, 33, 32, 32},
+                                                {2, 2, 65, 80, 80},   {2, 1, 40, 256, 80},  {2, 1, 40, 80, 256}};
+  if (!kEmulated) shapes.push_back({8, 8, 1025, 256, 256});  // on a GPU also a training size
   for (const auto& s : shapes) {
     check_decode<float>(ctx, s[0], s[1], s[2], s[3], s[4]);
     check_decode<bf16>(ctx, s[0], s[1], s[2], s[3], s[4]);
@@ -614,6 +687,24 @@ DJ_GPU_CHECK(causal_attention) {
   }
 }
 
+// Pythia's other head sizes: 32, 80 and 256. Above 128 each block writes 128 of the output
+// columns (two parts, the second ragged for d = 200 and 130) and recomputes the scores over all
+// of d; fp32 uses 32-key tiles and 32-row dQ and dK/dV blocks there. T = 1, T below one tile, T =
+// k tiles ± 1 for the 64- and 32-row tiles, and d = 130 without the 16-byte path.
+DJ_GPU_CHECK(causal_attention_heads) {
+  std::vector<std::array<int64_t, 3>> shapes = {{2, 1, 256},   {2, 37, 256}, {1, 129, 256}, {2, 95, 256},
+                                                {1, 100, 200}, {1, 50, 130}, {2, 65, 32},   {2, 129, 80}};
+  if (!kEmulated) {  // on a GPU also training sizes (many tiles)
+    shapes.push_back({8, 1025, 256});
+    shapes.push_back({4, 1000, 80});
+    shapes.push_back({8, 513, 32});
+  }
+  for (const auto& s : shapes) {
+    check_causal_attention<float>(ctx, s[0], s[1], s[2]);
+    check_causal_attention<bf16>(ctx, s[0], s[1], s[2]);
+  }
+}
+
 // ---- benchmarks ------------------------------------------------------------------------------------
 // Ceilings of the H200 as measured on this workplace's machines (.library/device/KINDS.md): dense
 // bf16 matrix products 790 TFLOP/s on random data, device-to-device copy 4.3 TB/s (datasheet:
@@ -659,7 +750,7 @@ std::string fmt1(double v) {
 // dk, dv (11 d 2 bytes in all).
 DJ_GPU_BENCH(dijiang_vs_softmax) {
   const int64_t B = 4, H = 16, BH = B * H, c = 64;
-  for (const int64_t d : {int64_t{64}, int64_t{128}}) {
+  for (const int64_t d : {int64_t{64}, int64_t{128}, int64_t{256}, int64_t{80}}) {
     const std::vector<float> P = projection(ctx, d);
     DeviceBuffer<float> P_dev(P);
     DeviceBuffer<float> lg_dev(reference_log_gamma(H));
@@ -739,7 +830,7 @@ DJ_GPU_BENCH(dijiang_vs_softmax) {
 DJ_GPU_BENCH(dijiang_decode) {
   const int64_t B = 4, H = 16, BH = B * H;
   DeviceBuffer<float> lg_dev(reference_log_gamma(H));
-  for (const int64_t d : {int64_t{64}, int64_t{128}}) {
+  for (const int64_t d : {int64_t{64}, int64_t{128}, int64_t{256}, int64_t{80}}) {
     for (const int64_t ctx_len : {int64_t{2048}, int64_t{16384}}) {
       auto fk = random_bf16(ctx, static_cast<size_t>(BH * ctx_len * d));
       auto v = random_bf16(ctx, static_cast<size_t>(BH * ctx_len * d));
