@@ -1,7 +1,8 @@
 // The whole model on the GPU: GPTNeoXModel<CudaOps<T>> against the CPU model (GPTNeoX<double>, the
 // reference) on small configs covering both residual modes, tied embeddings, softmax and DiJiang
 // attention (with feature weights and a learnable decay): the loss and every parameter gradient,
-// in fp32 and in bf16, and the evaluation pass against the CPU's. Then one training step of a
+// in fp32 and in bf16, and the evaluation pass against the CPU's; the same at head size 256, and
+// the refusal of a larger one. Then one training step of a
 // 410M-shaped DiJiang model at sequence 2048 in bf16 through the trainer's state (ZeRO stage 0 on
 // one GPU): forward, backward, gradient norm and AdamW on the device, in tokens/s and MFU.
 #include <cmath>
@@ -11,6 +12,7 @@
 
 #include "check.h"
 #include "comm/single_communicator.h"
+#include "kernels/core/error.h"
 #include "kernels/cpu/dijiang.h"
 #include "trainer/model/cuda_ops.h"
 #include "trainer/model/gpt_neox.h"
@@ -67,7 +69,7 @@ std::vector<double> model_parameters(const ParameterLayout& layout, const ModelC
 
 template <typename T>
 void compare_model(Context& ctx, const std::string& name, const ModelConfig& config, double loss_threshold,
-                   double grad_threshold) {
+                   double grad_threshold, bool gradients = true) {
   GPTNeoX<double> reference(config);
   reference.parameters() = model_parameters(reference.layout(), config, ctx.rng);
   const int64_t batch = 3, seq = 37;  // seq: two chunks and a tail
@@ -94,7 +96,7 @@ void compare_model(Context& ctx, const std::string& name, const ModelConfig& con
   std::vector<float> grads(params.size());
   model.ops().download(grads.data(), model.gradients().data(), static_cast<int64_t>(grads.size()));
   for (const auto& view : reference.layout().views()) {
-    if (!view.trainable) continue;
+    if (!view.trainable || !gradients) continue;
     std::vector<double> got(static_cast<size_t>(view.numel())), want(got.size());
     for (int64_t i = 0; i < view.numel(); ++i) {
       got[static_cast<size_t>(i)] = grads[static_cast<size_t>(view.offset + i)];
@@ -125,6 +127,42 @@ DJ_GPU_CHECK(model_fp32) {
 DJ_GPU_CHECK(model_bf16) {
   compare_model<__nv_bfloat16>(ctx, "bf16 parallel softmax", small_config(true, false, false), 1e-2, 5e-2);
   compare_model<__nv_bfloat16>(ctx, "bf16 parallel DiJiang", small_config(true, false, true), 1e-2, 1e-1);
+}
+
+// Head size 256 (Pythia-1b's: hidden 2048 over 8 heads), the largest the GPU attention kernels
+// take (kernels/cuda/dijiang_attention.h, kMaxHeadDim), through the whole model: hidden 512 over 2
+// heads, one layer, so that every attention op runs its d > 128 path (the feature map streaming P,
+// the two-pass decay backward, the softmax teacher's column parts). One size above it is refused
+// when the model is built, with the way out in the message.
+// bf16 DiJiang is compared by its loss and evaluation only: with these random weights its bf16
+// gradients upstream of the feature map (qkv, layer norm, embedding, log γ, feature weights) move
+// from the fp64 ones by 0.1-0.4 at d = 128 already, where the kernels are the tuned ones (and by
+// 0.03-0.05 at d = 32 and 64): the softmax over d features of x · P amplifies the bf16 rounding of
+// x with d, so that comparison measures the model's conditioning, not the kernels. The kernels'
+// bf16 paths at d = 256 are checked op by op (check_attention.cpp, *_heads), their fp32 paths here.
+ModelConfig head_config(int64_t head_dim, bool dijiang) {
+  ModelConfig c = small_config(true, false, dijiang);
+  c.num_heads = 2;
+  c.hidden_size = 2 * head_dim;
+  c.num_layers = 1;
+  c.intermediate_size = 2 * head_dim;
+  return c;
+}
+
+DJ_GPU_CHECK(model_heads) {
+  compare_model<float>(ctx, "fp32 d=256 DiJiang", head_config(256, true), 1e-5, 1e-4);
+  compare_model<float>(ctx, "fp32 d=256 softmax", head_config(256, false), 1e-5, 1e-4);
+  compare_model<__nv_bfloat16>(ctx, "bf16 d=256 softmax", head_config(256, false), 1e-2, 5e-2);
+  compare_model<__nv_bfloat16>(ctx, "bf16 d=256 DiJiang (loss)", head_config(256, true), 1e-2, 0.0, false);
+  std::string message;
+  try {
+    GPTNeoXModel<CudaOps<float>> model(head_config(512, true), CudaOps<float>(ctx.stream));
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  ctx.expect("head size 512 refused on the GPU", message.find("head size 512") != std::string::npos &&
+                                                     message.find("--device cpu") != std::string::npos,
+             message);
 }
 
 // One optimizer step of a Pythia-410M-shaped DiJiang model (24 layers, hidden 1024, 16 heads,
