@@ -54,8 +54,8 @@
 // m-slice of fq, fk (dq, dk roles) and the dv-slice of dout (dv role) once more, and each pass
 // multiplies its own C x C score tile into the output (dA K, dAᵀ Q, Aᵀ dO): ~5% more FLOPs.
 // Registers: only transient warp tiles (a 16 x 32 output tile is 16 fp32 accumulators per thread,
-// a 32 x 32 state tile 32); ptxas (sm_90): forward ~130, backward 136-189 (bf16) / 128-212 (fp32)
-// registers per thread, no spills.
+// a 32 x 32 state tile 32); ptxas (sm_90): forward 123-131 (m = 256 included), backward 136-192
+// (bf16) / 136-168 (fp32) registers per thread, no spills.
 // Parallelism: BH x ceil(dv / 64) forward blocks and BH x (2 ceil(m / 64) + ceil(dv / 64))
 // backward blocks; at d = 64 with BH = 64 the forward fills only 64 of the H200's 132 SMs
 // (narrower slices or a chunk-parallel state scan would fill it; not done here).
