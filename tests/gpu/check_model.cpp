@@ -5,6 +5,7 @@
 // the refusal of a larger one. Then one training step of a
 // 410M-shaped DiJiang model at sequence 2048 in bf16 through the trainer's state (ZeRO stage 0 on
 // one GPU): forward, backward, gradient norm and AdamW on the device, in tokens/s and MFU.
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -42,8 +43,9 @@ ModelConfig small_config(bool parallel, bool tied, bool dijiang) {
   return c;
 }
 
-// Values a trained model could hold: matrices ~ N(0, 0.05²), norms' weights near 1, the DiJiang
-// projection from the DCT of Gaussian scales, decays in the reference range.
+// Values a trained model could hold: matrices ~ N(0, σ²) with σ = 0.05 at hidden size 64 and
+// 0.05 √(64 / D) above it (so that q, k and v keep the size they have at D = 64), norms' weights
+// near 1, the DiJiang projection from the DCT of Gaussian scales, decays in the reference range.
 std::vector<double> model_parameters(const ParameterLayout& layout, const ModelConfig& config, std::mt19937_64& rng) {
   std::vector<double> params(static_cast<size_t>(layout.total()));
   std::normal_distribution<double> normal(0.0, 1.0);
@@ -61,7 +63,8 @@ std::vector<double> model_parameters(const ParameterLayout& layout, const ModelC
     } else if (view.name.ends_with("feature_weights") || (view.shape.size() == 1 && view.name.ends_with(".weight"))) {
       for (int64_t i = 0; i < n; ++i) out[i] = 1.0 + 0.1 * normal(rng);
     } else {
-      for (int64_t i = 0; i < n; ++i) out[i] = 0.05 * normal(rng);
+      const double sigma = 0.05 * std::sqrt(64.0 / static_cast<double>(std::max<int64_t>(64, config.hidden_size)));
+      for (int64_t i = 0; i < n; ++i) out[i] = sigma * normal(rng);
     }
   }
   return params;
@@ -69,7 +72,7 @@ std::vector<double> model_parameters(const ParameterLayout& layout, const ModelC
 
 template <typename T>
 void compare_model(Context& ctx, const std::string& name, const ModelConfig& config, double loss_threshold,
-                   double grad_threshold, bool gradients = true) {
+                   double grad_threshold) {
   GPTNeoX<double> reference(config);
   reference.parameters() = model_parameters(reference.layout(), config, ctx.rng);
   const int64_t batch = 3, seq = 37;  // seq: two chunks and a tail
@@ -96,7 +99,7 @@ void compare_model(Context& ctx, const std::string& name, const ModelConfig& con
   std::vector<float> grads(params.size());
   model.ops().download(grads.data(), model.gradients().data(), static_cast<int64_t>(grads.size()));
   for (const auto& view : reference.layout().views()) {
-    if (!view.trainable || !gradients) continue;
+    if (!view.trainable) continue;
     std::vector<double> got(static_cast<size_t>(view.numel())), want(got.size());
     for (int64_t i = 0; i < view.numel(); ++i) {
       got[static_cast<size_t>(i)] = grads[static_cast<size_t>(view.offset + i)];
@@ -134,12 +137,11 @@ DJ_GPU_CHECK(model_bf16) {
 // heads, one layer, so that every attention op runs its d > 128 path (the feature map streaming P,
 // the two-pass decay backward, the softmax teacher's column parts). One size above it is refused
 // when the model is built, with the way out in the message.
-// bf16 DiJiang is compared by its loss and evaluation only: with these random weights its bf16
-// gradients upstream of the feature map (qkv, layer norm, embedding, log γ, feature weights) move
-// from the fp64 ones by 0.1-0.4 at d = 128 already, where the kernels are the tuned ones (and by
-// 0.03-0.05 at d = 32 and 64): the softmax over d features of x · P amplifies the bf16 rounding of
-// x with d, so that comparison measures the model's conditioning, not the kernels. The kernels'
-// bf16 paths at d = 256 are checked op by op (check_attention.cpp, *_heads), their fp32 paths here.
+// The weights shrink with the hidden size (model_parameters): with σ = 0.05 at D = 512, q and k are
+// 2.8x larger than at D = 64 and the feature map's softmax amplifies the rounding of its input so
+// much that the gradients upstream of it move from fp64 by ~1e-4 in fp32 and 0.1-0.4 in bf16, at
+// d = 128 as well, where the kernels are the tuned ones: that measured the conditioning of the
+// random model, not the kernels.
 ModelConfig head_config(int64_t head_dim, bool dijiang) {
   ModelConfig c = small_config(true, false, dijiang);
   c.num_heads = 2;
@@ -153,7 +155,7 @@ DJ_GPU_CHECK(model_heads) {
   compare_model<float>(ctx, "fp32 d=256 DiJiang", head_config(256, true), 1e-5, 1e-4);
   compare_model<float>(ctx, "fp32 d=256 softmax", head_config(256, false), 1e-5, 1e-4);
   compare_model<__nv_bfloat16>(ctx, "bf16 d=256 softmax", head_config(256, false), 1e-2, 5e-2);
-  compare_model<__nv_bfloat16>(ctx, "bf16 d=256 DiJiang (loss)", head_config(256, true), 1e-2, 0.0, false);
+  compare_model<__nv_bfloat16>(ctx, "bf16 d=256 DiJiang", head_config(256, true), 1e-2, 1e-1);
   std::string message;
   try {
     GPTNeoXModel<CudaOps<float>> model(head_config(512, true), CudaOps<float>(ctx.stream));
