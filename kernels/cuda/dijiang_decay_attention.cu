@@ -35,9 +35,27 @@
 // ~165 KB for each role (the dq role with dlog γ adds the slope R: 1 stage, 188 KB). One block
 // per SM. fp32 and larger chunks fall back to 1 stage, then to smaller chunks, to fit the
 // device's opt-in limit (227 KB on sm_90, 163 KB on sm_80).
+// Head sizes above 128 (Pythia-1b: m = dv = 256; kMaxHeadDim). The forward and the prefill keep
+// their structure at F = 256: Q and K chunk tiles of C x 256 and the state 256 x 64 (fp32 68 KB and
+// its bf16 copy 36 KB). pick_chunk fits them: on sm_90 bf16 runs chunk 64 with one stage (206 KB),
+// fp32 chunk 32 (163 KB); on sm_80 bf16 chunk 32 (153 KB), fp32 chunk 16 (151 KB, 2 stages).
+// A backward role at dv (or m) = 256 would hold the 64 x 256 state (and the slope R beside it for
+// dlog γ) besides C x 256 tiles of v and dout: past sm_80's limit, and with R past sm_90's. So the
+// backward runs as passes over 128-wide column blocks b of the dimension each role reduces over
+// (the dq and dk roles: columns of v and dout; the dv role: columns of fq and fk), each pass the
+// F = 128 kernel with the shared memory above. Every output is the sum of its blocks' terms:
+//   dQ = Σ_b dA_b K + diag(γ^(i+1)) dO_b S_bᵀ,  dA_b = (dO_b V_bᵀ) ⊙ M   (likewise dK, dV),
+// and every dlog γ term is bilinear over the blocks (each block adds its own with one atomicAdd).
+// Pass 0 writes its fp32 partial sums (kEmitFirst), pass 1 adds its own and rounds once to T
+// (kEmitLast), so the result is that of one pass up to fp32 reassociation, and deterministic.
+// fp32 outputs hold the partial themselves; bf16 ones take a stream-ordered fp32 scratch of
+// BH n (2m + dv) values (12 d bytes per token and head at m = dv = d: 384 MiB for Pythia-1b's
+// micro-batch of 8 x 2048; trainer/train/memory_plan.cpp counts it). The passes re-read the
+// m-slice of fq, fk (dq, dk roles) and the dv-slice of dout (dv role) once more, and each pass
+// multiplies its own C x C score tile into the output (dA K, dAᵀ Q, Aᵀ dO): ~5% more FLOPs.
 // Registers: only transient warp tiles (a 16 x 32 output tile is 16 fp32 accumulators per thread,
-// a 32 x 32 state tile 32); ptxas (sm_90): forward ~130, backward 136-189 (bf16) / 128-212 (fp32)
-// registers per thread, no spills.
+// a 32 x 32 state tile 32); ptxas (sm_90): forward 123-131 (m = 256 included), backward 136-192
+// (bf16) / 136-168 (fp32) registers per thread, no spills.
 // Parallelism: BH x ceil(dv / 64) forward blocks and BH x (2 ceil(m / 64) + ceil(dv / 64))
 // backward blocks; at d = 64 with BH = 64 the forward fills only 64 of the H200's 132 SMs
 // (narrower slices or a chunk-parallel state scan would fill it; not done here).
@@ -58,6 +76,7 @@
 // chunk pipeline keeps up, otherwise bound by the sequential chunk chain of one bh.
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <initializer_list>
 
 #include "kernels/cuda/cuda_check.h"
@@ -74,6 +93,8 @@ using namespace attn;
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int W = 64;  // slice width
+// Widths of the column blocks of a backward pass (m or dv above this take several passes).
+constexpr int64_t kPassWidth = 128;
 
 // ---- pieces shared by the kernels ----------------------------------------------------------------
 
@@ -165,6 +186,34 @@ __device__ __forceinline__ void scale_rows(T* dst, const T* src, int ld, int C, 
   }
 }
 
+// How a backward pass leaves an output (see "Head sizes above 128" at the top): kEmitStore writes it
+// (T); of two passes, the first (kEmitFirst) writes its fp32 partial sum to `part` and the second
+// (kEmitLast) adds it to its own and writes the total, rounded once to T.
+enum Emit : int { kEmitStore = 0, kEmitFirst = 1, kEmitLast = 2 };
+
+// Leaves the pair (i, c), (i, c + 1) of an output chunk tile by `mode` (Emit): into the staging tile
+// `out` (T) for store_tile (kEmitStore, and kEmitLast after adding the partial sums), or into the
+// fp32 partial sums (kEmitFirst), where row i of the chunk is part + i * ld and only rows i < L and
+// columns < w exist.
+template <typename T>
+__device__ __forceinline__ void emit_pair(int mode, T* out, int ldo, float* part, int64_t ld, int L, int w, int i,
+                                          int c, float v0, float v1) {
+  if (mode == kEmitFirst) {
+    if (i < L) {
+      float* row = part + static_cast<int64_t>(i) * ld;
+      if (c < w) row[c] = v0;
+      if (c + 1 < w) row[c + 1] = v1;
+    }
+    return;
+  }
+  if (mode == kEmitLast && i < L) {
+    const float* row = part + static_cast<int64_t>(i) * ld;
+    if (c < w) v0 += row[c];
+    if (c + 1 < w) v1 += row[c + 1];
+  }
+  store2(out + i * ldo + c, v0, v1);
+}
+
 // ---- layouts (byte offsets into dynamic shared memory; host and device agree) ----------------------
 
 template <typename T>
@@ -172,7 +221,7 @@ __host__ __device__ constexpr size_t tile_bytes(int rows, int width) {
   return static_cast<size_t>(rows) * static_cast<size_t>(width + kPad<T>) * sizeof(T);
 }
 
-// Forward / prefill. F: m padded to 64 or 128.
+// Forward / prefill. F: m padded to 64, 128 or 256.
 template <typename T, int F>
 struct FwdLayout {
   size_t q, k, v, stage_f, stage_w, vd, a, o, sf, sb, pw, bytes;
@@ -193,7 +242,8 @@ struct FwdLayout {
   }
 };
 
-// Backward: one layout per role. F: max(m, dv) padded to 64 or 128.
+// Backward: one layout per role. F: the widest column block of the pass (max(m, dv) when both are
+// <= 128) padded to 64 or 128.
 template <typename T, int F, bool DLOG>
 struct DqLayout {  // slice of m; state W x F
   size_t q, k, v, dout, stage_w, stage_f, kw, kw2, da, sf, sb, rf, rb, out, pw, red, bytes;
@@ -277,6 +327,13 @@ struct BwdParams {
   const float* log_gamma;
   int H, n, m, dv_size, C, chunks, stages;
   bool vec;
+  // The pass: the dq and dk roles (run_qk) use the dv columns [qc0, qc0 + qcw) of v and dout, the
+  // dv role (run_v) the m columns [vm0, vm0 + vmw) of fq and fk; their outputs leave by mode_qk and
+  // mode_v, through the fp32 partial sums part_dfq, part_dfk ([BH, n, m]) and part_dv ([BH, n, dv]).
+  int qc0, qcw, vm0, vmw;
+  bool run_qk, run_v;
+  int mode_qk, mode_v;
+  float *part_dfq, *part_dfk, *part_dv;
 };
 
 // ---- forward / prefill ---------------------------------------------------------------------------
@@ -413,7 +470,7 @@ __device__ __forceinline__ void backward_dq(const BwdParams<T>& p, unsigned char
     }
 
   const int64_t qk_base = static_cast<int64_t>(bh) * p.n * p.m + m0;
-  const int64_t v_base = static_cast<int64_t>(bh) * p.n * p.dv_size;
+  const int64_t v_base = static_cast<int64_t>(bh) * p.n * p.dv_size + p.qc0;
   auto Qs = [&](int buf) { return reinterpret_cast<T*>(smem + lay.q + buf * lay.stage_w); };
   auto Ks = [&](int buf) { return reinterpret_cast<T*>(smem + lay.k + buf * lay.stage_w); };
   auto Vs = [&](int buf) { return reinterpret_cast<T*>(smem + lay.v + buf * lay.stage_f); };
@@ -423,8 +480,8 @@ __device__ __forceinline__ void backward_dq(const BwdParams<T>& p, unsigned char
     const int64_t qk = qk_base + static_cast<int64_t>(t0) * p.m, vo = v_base + static_cast<int64_t>(t0) * p.dv_size;
     if constexpr (DLOG) load_tile(Qs(buf), LDW, p.fq + qk, p.m, C, W, rows, wm, p.vec, tid, kThreads);
     load_tile(Ks(buf), LDW, p.fk + qk, p.m, C, W, rows, wm, p.vec, tid, kThreads);
-    load_tile(Vs(buf), LDF, p.v + vo, p.dv_size, C, F, rows, p.dv_size, p.vec, tid, kThreads);
-    load_tile(dOs(buf), LDF, p.dout + vo, p.dv_size, C, F, rows, p.dv_size, p.vec, tid, kThreads);
+    load_tile(Vs(buf), LDF, p.v + vo, p.dv_size, C, F, rows, p.qcw, p.vec, tid, kThreads);
+    load_tile(dOs(buf), LDF, p.dout + vo, p.dv_size, C, F, rows, p.qcw, p.vec, tid, kThreads);
   };
 
   double dlog = 0.0;
@@ -434,6 +491,7 @@ __device__ __forceinline__ void backward_dq(const BwdParams<T>& p, unsigned char
     const T* K = Ks(buf);
     const T* V = Vs(buf);
     const T* dO = dOs(buf);
+    float* part = p.mode_qk == kEmitStore ? nullptr : p.part_dfq + qk_base + static_cast<int64_t>(t0) * p.m;
     // P0: K_w = diag(γ^(L−1−j)) K (and diag((L−1−j) γ^(L−1−j)) K for the slope R).
     scale_rows(Kw, K, LDW, C, L, pw, false);
     if constexpr (DLOG) scale_rows(Kw2, K, LDW, C, L, pw, false, true);
@@ -485,10 +543,13 @@ __device__ __forceinline__ void backward_dq(const BwdParams<T>& p, unsigned char
         v1 *= pw[i + 1];
       });
       warp_mma<T, 1, 4, false, false>(acc, dAs, LDA, K, LDW, r0, c0, 0, r0 + 16);
-      acc_pairs(acc, r0, c0, [&](int i, int c, float& v0, float& v1) { store2(Out + i * LDW + c, v0, v1); });
+      acc_pairs(acc, r0, c0, [&](int i, int c, float& v0, float& v1) {
+        emit_pair(p.mode_qk, Out, LDW, part, p.m, L, wm, i, c, v0, v1);
+      });
     }
     __syncthreads();
-    store_tile(p.dfq + qk_base + static_cast<int64_t>(t0) * p.m, p.m, Out, LDW, L, wm, p.vec, tid, kThreads);
+    if (p.mode_qk == kEmitStore || p.mode_qk == kEmitLast)
+      store_tile(p.dfq + qk_base + static_cast<int64_t>(t0) * p.m, p.m, Out, LDW, L, wm, p.vec, tid, kThreads);
     // P3: R = γ^L (R + L S) + K_w2ᵀ V, then S = γ^L S + K_wᵀ V.
     const int kend = (L + 15) / 16 * 16;
     const float decay = pw[L];
@@ -558,7 +619,7 @@ __device__ __forceinline__ void backward_dk(const BwdParams<T>& p, unsigned char
     for (int i = tid; i < W * LDF; i += kThreads) Sb[i] = from_f<T>(0.f);
 
   const int64_t qk_base = static_cast<int64_t>(bh) * p.n * p.m + m0;
-  const int64_t v_base = static_cast<int64_t>(bh) * p.n * p.dv_size;
+  const int64_t v_base = static_cast<int64_t>(bh) * p.n * p.dv_size + p.qc0;
   auto Qs = [&](int buf) { return reinterpret_cast<T*>(smem + lay.q + buf * lay.stage_w); };
   auto Vs = [&](int buf) { return reinterpret_cast<T*>(smem + lay.v + buf * lay.stage_f); };
   auto dOs = [&](int buf) { return reinterpret_cast<T*>(smem + lay.dout + buf * lay.stage_f); };
@@ -566,8 +627,8 @@ __device__ __forceinline__ void backward_dk(const BwdParams<T>& p, unsigned char
     const int t0 = t * C, rows = min(C, p.n - t0);
     const int64_t qk = qk_base + static_cast<int64_t>(t0) * p.m, vo = v_base + static_cast<int64_t>(t0) * p.dv_size;
     load_tile(Qs(buf), LDW, p.fq + qk, p.m, C, W, rows, wm, p.vec, tid, kThreads);
-    load_tile(Vs(buf), LDF, p.v + vo, p.dv_size, C, F, rows, p.dv_size, p.vec, tid, kThreads);
-    load_tile(dOs(buf), LDF, p.dout + vo, p.dv_size, C, F, rows, p.dv_size, p.vec, tid, kThreads);
+    load_tile(Vs(buf), LDF, p.v + vo, p.dv_size, C, F, rows, p.qcw, p.vec, tid, kThreads);
+    load_tile(dOs(buf), LDF, p.dout + vo, p.dv_size, C, F, rows, p.qcw, p.vec, tid, kThreads);
   };
 
   chunk_loop(p.chunks, p.stages, true, issue, [&](int t, int buf) {
@@ -575,6 +636,7 @@ __device__ __forceinline__ void backward_dk(const BwdParams<T>& p, unsigned char
     const T* Q = Qs(buf);
     const T* V = Vs(buf);
     const T* dO = dOs(buf);
+    float* part = p.mode_qk == kEmitStore ? nullptr : p.part_dfk + qk_base + static_cast<int64_t>(t0) * p.m;
     // P0, P1.
     scale_rows(Qd, Q, LDW, C, L, pw, true);
     decayed_scores(C, dO, V, LDF, F, dAs, LDA, pw);
@@ -593,10 +655,13 @@ __device__ __forceinline__ void backward_dk(const BwdParams<T>& p, unsigned char
         v1 *= f;
       });
       warp_mma<T, 1, 4, true, false>(acc, dAs, LDA, Q, LDW, r0, c0, r0, kend);
-      acc_pairs(acc, r0, c0, [&](int j, int c, float& v0, float& v1) { store2(Out + j * LDW + c, v0, v1); });
+      acc_pairs(acc, r0, c0, [&](int j, int c, float& v0, float& v1) {
+        emit_pair(p.mode_qk, Out, LDW, part, p.m, L, wm, j, c, v0, v1);
+      });
     }
     __syncthreads();
-    store_tile(p.dfk + qk_base + static_cast<int64_t>(t0) * p.m, p.m, Out, LDW, L, wm, p.vec, tid, kThreads);
+    if (p.mode_qk == kEmitStore || p.mode_qk == kEmitLast)
+      store_tile(p.dfk + qk_base + static_cast<int64_t>(t0) * p.m, p.m, Out, LDW, L, wm, p.vec, tid, kThreads);
     // P3: dS = γ^L dS + Q_dᵀ dO.
     const float decay = pw[L];
     constexpr int CT = F / 32;
@@ -640,7 +705,7 @@ __device__ __forceinline__ void backward_dv(const BwdParams<T>& p, unsigned char
   if constexpr (kIsBf16<T>)
     for (int i = tid; i < F * LDW; i += kThreads) Sb[i] = from_f<T>(0.f);
 
-  const int64_t qk_base = static_cast<int64_t>(bh) * p.n * p.m;
+  const int64_t qk_base = static_cast<int64_t>(bh) * p.n * p.m + p.vm0;
   const int64_t v_base = static_cast<int64_t>(bh) * p.n * p.dv_size + col0;
   auto Qs = [&](int buf) { return reinterpret_cast<T*>(smem + lay.q + buf * lay.stage_f); };
   auto Ks = [&](int buf) { return reinterpret_cast<T*>(smem + lay.k + buf * lay.stage_f); };
@@ -648,8 +713,8 @@ __device__ __forceinline__ void backward_dv(const BwdParams<T>& p, unsigned char
   auto issue = [&](int t, int buf) {
     const int t0 = t * C, rows = min(C, p.n - t0);
     const int64_t qk = qk_base + static_cast<int64_t>(t0) * p.m, vo = v_base + static_cast<int64_t>(t0) * p.dv_size;
-    load_tile(Qs(buf), LDF, p.fq + qk, p.m, C, F, rows, p.m, p.vec, tid, kThreads);
-    load_tile(Ks(buf), LDF, p.fk + qk, p.m, C, F, rows, p.m, p.vec, tid, kThreads);
+    load_tile(Qs(buf), LDF, p.fq + qk, p.m, C, F, rows, p.vmw, p.vec, tid, kThreads);
+    load_tile(Ks(buf), LDF, p.fk + qk, p.m, C, F, rows, p.vmw, p.vec, tid, kThreads);
     load_tile(dOs(buf), LDW, p.dout + vo, p.dv_size, C, W, rows, wv, p.vec, tid, kThreads);
   };
 
@@ -658,6 +723,7 @@ __device__ __forceinline__ void backward_dv(const BwdParams<T>& p, unsigned char
     const T* Q = Qs(buf);
     const T* K = Ks(buf);
     const T* dO = dOs(buf);
+    float* part = p.mode_v == kEmitStore ? nullptr : p.part_dv + v_base + static_cast<int64_t>(t0) * p.dv_size;
     // P0, P1.
     scale_rows(dOd, dO, LDW, C, L, pw, true);
     decayed_scores(C, Q, K, LDF, F, As, LDA, pw);
@@ -676,11 +742,14 @@ __device__ __forceinline__ void backward_dv(const BwdParams<T>& p, unsigned char
         v1 *= f;
       });
       warp_mma<T, 1, 4, true, false>(acc, As, LDA, dO, LDW, r0, c0, r0, kend);
-      acc_pairs(acc, r0, c0, [&](int j, int c, float& v0, float& v1) { store2(Out + j * LDW + c, v0, v1); });
+      acc_pairs(acc, r0, c0, [&](int j, int c, float& v0, float& v1) {
+        emit_pair(p.mode_v, Out, LDW, part, p.dv_size, L, wv, j, c, v0, v1);
+      });
     }
     __syncthreads();
-    store_tile(p.dv + v_base + static_cast<int64_t>(t0) * p.dv_size, p.dv_size, Out, LDW, L, wv, p.vec, tid,
-               kThreads);
+    if (p.mode_v == kEmitStore || p.mode_v == kEmitLast)
+      store_tile(p.dv + v_base + static_cast<int64_t>(t0) * p.dv_size, p.dv_size, Out, LDW, L, wv, p.vec, tid,
+                 kThreads);
     // P3: dS = γ^L dS + Qᵀ dO_d.
     const float decay = pw[L];
     constexpr int RT = F / 32;
@@ -708,11 +777,11 @@ __global__ void __launch_bounds__(kThreads, 1) decay_backward_kernel(const BwdPa
   DJ_DYNAMIC_SHARED(smem);
   const int slice = static_cast<int>(blockIdx.y);
   if (blockIdx.z == 0) {
-    if (slice * W < p.m) backward_dq<T, F, DLOG>(p, smem);
+    if (p.run_qk && slice * W < p.m) backward_dq<T, F, DLOG>(p, smem);
   } else if (blockIdx.z == 1) {
-    if (slice * W < p.m) backward_dk<T, F>(p, smem);
+    if (p.run_qk && slice * W < p.m) backward_dk<T, F>(p, smem);
   } else {
-    if (slice * W < p.dv_size) backward_dv<T, F>(p, smem);
+    if (p.run_v && slice * W < p.dv_size) backward_dv<T, F>(p, smem);
   }
 }
 
@@ -753,7 +822,8 @@ __global__ void __launch_bounds__(256) decay_step_kernel(T* o, float* state, con
 
 void check_shape(const char* op, int64_t BH, int64_t H, int64_t n, int64_t m, int64_t dv) {
   require(BH >= 0 && H >= 1 && n >= 0, op, "invalid shape (BH >= 0, H >= 1, n >= 0)");
-  require(m >= 1 && m <= 128 && dv >= 1 && dv <= 128, op, "m and dv must be in 1..128");
+  require(m >= 1 && m <= kMaxHeadDim && dv >= 1 && dv <= kMaxHeadDim, op,
+          ("m and dv must be in 1.." + std::to_string(kMaxHeadDim)).c_str());
   require(n <= (int64_t{1} << 30) && BH * n <= (int64_t{1} << 40), op, "sequence too long");
 }
 
@@ -835,8 +905,33 @@ void run_forward(T* o, float* state, const T* fq, const T* fk, const T* v, const
   p.vec = vector_ok<T>(m, dv, {o, fq, fk, v});
   if (m <= 64)
     launch_forward<T, 64>(p, BH, chunk, op, stream);
-  else
+  else if (m <= 128)
     launch_forward<T, 128>(p, BH, chunk, op, stream);
+  else
+    launch_forward<T, 256>(p, BH, chunk, op, stream);
+}
+
+// One backward launch (all three roles, or the pass's) at the narrowest F that holds its widths.
+template <typename T>
+void launch_backward_pass(const BwdParams<T>& p, int64_t BH, int64_t chunk, cudaStream_t stream) {
+  const int widest = std::max(p.run_qk ? p.qcw : 0, p.run_v ? p.vmw : 0);
+  if (p.dlog_gamma != nullptr) {
+    if (widest > 64)
+      launch_backward<T, 128, true>(p, BH, chunk, stream);
+    else
+      launch_backward<T, 64, true>(p, BH, chunk, stream);
+  } else {
+    if (widest > 64)
+      launch_backward<T, 128, false>(p, BH, chunk, stream);
+    else
+      launch_backward<T, 64, false>(p, BH, chunk, stream);
+  }
+}
+
+// How pass `pass` of `count` (1 or 2) passes leaves an output that is the sum over the passes.
+int emit_mode(int pass, int count) {
+  if (count == 1) return kEmitStore;
+  return pass == 0 ? kEmitFirst : kEmitLast;
 }
 
 }  // namespace
@@ -881,18 +976,42 @@ void decay_attention_backward(T* dfq, T* dfk, T* dv, float* dlog_gamma, const T*
   p.m = static_cast<int>(m);
   p.dv_size = static_cast<int>(dv_size);
   p.vec = vector_ok<T>(m, dv_size, {dfq, dfk, dv, dout, fq, fk, v});
-  const bool wide = std::max(m, dv_size) > 64;
-  if (dlog_gamma != nullptr) {
-    if (wide)
-      launch_backward<T, 128, true>(p, BH, chunk, stream);
-    else
-      launch_backward<T, 64, true>(p, BH, chunk, stream);
+  // Passes over blocks of kPassWidth columns: pass b runs the dq and dk roles on the dv columns of
+  // block b (while b < qk_passes) and the dv role on the m columns of block b (while b < v_passes).
+  const int qk_passes = static_cast<int>((dv_size + kPassWidth - 1) / kPassWidth);
+  const int v_passes = static_cast<int>((m + kPassWidth - 1) / kPassWidth);
+  static_assert(2 * kPassWidth >= kMaxHeadDim, "at most two passes");
+  // fp32 partial sums: the fp32 outputs themselves, else a stream-ordered scratch (freed in order).
+  float* scratch = nullptr;
+  const size_t qk_count = static_cast<size_t>(BH * n * m), v_count = static_cast<size_t>(BH * n * dv_size);
+  if constexpr (kIsBf16<T>) {
+    const size_t count = (qk_passes > 1 ? 2 * qk_count : 0) + (v_passes > 1 ? v_count : 0);
+    if (count > 0) DJ_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&scratch), count * sizeof(float), stream));
+    p.part_dfq = qk_passes > 1 ? scratch : nullptr;
+    p.part_dfk = qk_passes > 1 ? scratch + qk_count : nullptr;
+    p.part_dv = v_passes > 1 ? scratch + (qk_passes > 1 ? 2 * qk_count : 0) : nullptr;
   } else {
-    if (wide)
-      launch_backward<T, 128, false>(p, BH, chunk, stream);
-    else
-      launch_backward<T, 64, false>(p, BH, chunk, stream);
+    p.part_dfq = dfq;
+    p.part_dfk = dfk;
+    p.part_dv = dv;
   }
+  try {
+    for (int pass = 0; pass < std::max(qk_passes, v_passes); ++pass) {
+      p.run_qk = pass < qk_passes;
+      p.qc0 = static_cast<int>(pass * kPassWidth);
+      p.qcw = p.run_qk ? static_cast<int>(std::min<int64_t>(kPassWidth, dv_size - p.qc0)) : 0;
+      p.mode_qk = emit_mode(pass, qk_passes);
+      p.run_v = pass < v_passes;
+      p.vm0 = static_cast<int>(pass * kPassWidth);
+      p.vmw = p.run_v ? static_cast<int>(std::min<int64_t>(kPassWidth, m - p.vm0)) : 0;
+      p.mode_v = emit_mode(pass, v_passes);
+      launch_backward_pass(p, BH, chunk, stream);
+    }
+  } catch (...) {
+    if (scratch != nullptr) cudaFreeAsync(scratch, stream);
+    throw;
+  }
+  if (scratch != nullptr) DJ_CUDA_CHECK(cudaFreeAsync(scratch, stream));
 }
 
 template <typename T>

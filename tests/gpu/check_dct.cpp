@@ -12,15 +12,16 @@
 // the two compute the same function, so the timings compare like with like.
 //
 // dct_cufft_feature_map: fresh random x ~ N(0, 1) and t ~ N(0, 1) per shape, every output poisoned
-// with NaN first; d = 64 and 128 (the tuned sizes), 80 and 20 (other even widths), rows 1 to 4096.
+// with NaN first; d = 32, 64, 80, 128 and 256 (Pythia's head sizes; above 128 the GEMM kernel streams
+// P through shared memory) and 20 (another even width), rows 1 to 4096.
 //   - cuFFT x · P (no softmax) against x · P in double with P from cpu::dct_projection<double>;
 //   - cuFFT softmax(x · P) against cpu::feature_map_forward<double> (same P), also in place (s = x);
 //   - cuFFT against the CUDA GEMM kernel (P rounded to fp32, as the kernels store it).
 // Thresholds: 1e-5 relative L2 (fp32 paths), for the GEMM-against-cuFFT comparison too: both are
 // fp32 sums of d terms of O(1) values, each expected well inside it.
 //
-// dct_cufft_vs_gemm (benchmark): fp32, B = 4, H = 16, rows = B H L for L = 2048 and 16384, d = 64
-// and 128. One row per path (ms; GB/s counting the op's own traffic, x read and s written, 8 d bytes
+// dct_cufft_vs_gemm (benchmark): fp32, B = 4, H = 16, rows = B H L for L = 2048 and 16384, d = 64,
+// 80, 128 and 256. One row per path (ms; GB/s counting the op's own traffic, x read and s written, 8 d bytes
 // per row, for both paths; floor = max(GEMM FLOPs / fp32 FFMA peak, those bytes / bandwidth) for the
 // GEMM, the bytes alone for cuFFT, whose O(d log d) FLOPs are negligible), one with the cuFFT path's
 // three passes timed one by one, and one naming the faster.
@@ -111,8 +112,8 @@ void check_dct_feature_map(Context& ctx, int64_t rows, int64_t d) {
 }  // namespace
 
 DJ_GPU_CHECK(dct_cufft_feature_map) {
-  const int64_t shapes[][2] = {{1, 64},    {37, 64},  {1000, 64}, {1, 128},
-                               {333, 128}, {4096, 128}, {300, 80},  {45, 20}};
+  const int64_t shapes[][2] = {{1, 64},   {37, 64},  {1000, 64}, {1, 128},  {333, 128}, {4096, 128},
+                               {300, 80}, {45, 20},  {70, 32},   {1, 256},  {300, 256}};
   for (const auto& s : shapes) check_dct_feature_map(ctx, s[0], s[1]);
 }
 
@@ -154,7 +155,7 @@ DeviceBuffer<float> random_f32(Context& ctx, size_t count) {
 
 DJ_GPU_BENCH(dct_cufft_vs_gemm) {
   const int64_t B = 4, H = 16;
-  for (const int64_t d : {int64_t{64}, int64_t{128}}) {
+  for (const int64_t d : {int64_t{64}, int64_t{128}, int64_t{256}, int64_t{80}}) {
     const std::vector<float> t = ctx.normal(static_cast<size_t>(d));
     DeviceBuffer<float> P_dev(to_float(projection(t)));
     for (const int64_t L : {int64_t{2048}, int64_t{16384}}) {

@@ -114,7 +114,7 @@ int grid_for(int64_t threads, int cap) {
 DctFeatureMap::DctFeatureMap(int64_t rows, int64_t d, const std::vector<float>& t, cudaStream_t stream)
     : rows_(rows), d_(d), stream_(stream) {
   if (rows < 0) throw std::invalid_argument("DctFeatureMap: rows must be >= 0");
-  if (d < 2 || d > 128 || d % 2 != 0) throw std::invalid_argument("DctFeatureMap: d must be even, 2..128");
+  if (d < 2 || d > 256 || d % 2 != 0) throw std::invalid_argument("DctFeatureMap: d must be even, 2..256");
   if (static_cast<int64_t>(t.size()) != d) throw std::invalid_argument("DctFeatureMap: t must have d values");
   const int64_t h = d / 2 + 1;
   // cufftPlanMany takes int batch and distances; keep every index of the batch inside int too.
@@ -193,8 +193,9 @@ void DctFeatureMap::fft(float* v) const {
 void DctFeatureMap::post(float* s, bool softmax) const {
   if (rows_ == 0) return;
   const int blocks = grid_for(rows_ * 32, blocks_);
-  dj::cuda::launch("dct3_post_kernel", d_ <= 64 ? dct3_post_kernel<2> : dct3_post_kernel<4>, blocks, kThreads, 0,
-                   stream_, s, t_, rows_, static_cast<int>(d_), softmax);
+  auto kernel = d_ <= 64 ? dct3_post_kernel<2> : d_ <= 128 ? dct3_post_kernel<4> : dct3_post_kernel<8>;
+  dj::cuda::launch("dct3_post_kernel", kernel, blocks, kThreads, 0, stream_, s, t_, rows_, static_cast<int>(d_),
+                   softmax);
 }
 
 void DctFeatureMap::forward(float* s, const float* x) const {

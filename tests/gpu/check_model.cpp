@@ -1,9 +1,11 @@
 // The whole model on the GPU: GPTNeoXModel<CudaOps<T>> against the CPU model (GPTNeoX<double>, the
 // reference) on small configs covering both residual modes, tied embeddings, softmax and DiJiang
 // attention (with feature weights and a learnable decay): the loss and every parameter gradient,
-// in fp32 and in bf16, and the evaluation pass against the CPU's. Then one training step of a
+// in fp32 and in bf16, and the evaluation pass against the CPU's; the same at head size 256, and
+// the refusal of a larger one. Then one training step of a
 // 410M-shaped DiJiang model at sequence 2048 in bf16 through the trainer's state (ZeRO stage 0 on
 // one GPU): forward, backward, gradient norm and AdamW on the device, in tokens/s and MFU.
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -12,6 +14,7 @@
 #include "check.h"
 #include "model_values.h"
 #include "comm/single_communicator.h"
+#include "kernels/core/error.h"
 #include "kernels/cpu/dijiang.h"
 #include "trainer/model/cuda_ops.h"
 #include "trainer/model/gpt_neox.h"
@@ -101,6 +104,41 @@ DJ_GPU_CHECK(model_fp32) {
 DJ_GPU_CHECK(model_bf16) {
   compare_model<__nv_bfloat16>(ctx, "bf16 parallel softmax", small_config(true, false, false), 1e-2, 5e-2);
   compare_model<__nv_bfloat16>(ctx, "bf16 parallel DiJiang", small_config(true, false, true), 1e-2, 1e-1);
+}
+
+// Head size 256 (Pythia-1b's: hidden 2048 over 8 heads), the largest the GPU attention kernels
+// take (kernels/cuda/dijiang_attention.h, kMaxHeadDim), through the whole model: hidden 512 over 2
+// heads, one layer, so that every attention op runs its d > 128 path (the feature map streaming P,
+// the two-pass decay backward, the softmax teacher's column parts). One size above it is refused
+// when the model is built, with the way out in the message.
+// The weights shrink with the hidden size (model_parameters): with σ = 0.05 at D = 512, q and k are
+// 2.8x larger than at D = 64 and the feature map's softmax amplifies the rounding of its input so
+// much that the gradients upstream of it move from fp64 by ~1e-4 in fp32 and 0.1-0.4 in bf16, at
+// d = 128 as well, where the kernels are the tuned ones: that measured the conditioning of the
+// random model, not the kernels.
+ModelConfig head_config(int64_t head_dim, bool dijiang) {
+  ModelConfig c = small_config(true, false, dijiang);
+  c.num_heads = 2;
+  c.hidden_size = 2 * head_dim;
+  c.num_layers = 1;
+  c.intermediate_size = 2 * head_dim;
+  return c;
+}
+
+DJ_GPU_CHECK(model_heads) {
+  compare_model<float>(ctx, "fp32 d=256 DiJiang", head_config(256, true), 1e-5, 1e-4);
+  compare_model<float>(ctx, "fp32 d=256 softmax", head_config(256, false), 1e-5, 1e-4);
+  compare_model<__nv_bfloat16>(ctx, "bf16 d=256 softmax", head_config(256, false), 1e-2, 5e-2);
+  compare_model<__nv_bfloat16>(ctx, "bf16 d=256 DiJiang", head_config(256, true), 1e-2, 1e-1);
+  std::string message;
+  try {
+    GPTNeoXModel<CudaOps<float>> model(head_config(512, true), CudaOps<float>(ctx.stream));
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  ctx.expect("head size 512 refused on the GPU", message.find("head size 512") != std::string::npos &&
+                                                     message.find("--device cpu") != std::string::npos,
+             message);
 }
 
 // One optimizer step of a Pythia-410M-shaped DiJiang model (24 layers, hidden 1024, 16 heads,

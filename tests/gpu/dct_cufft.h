@@ -16,7 +16,7 @@
 // Memory: x read once, W written and read (4 (d + 2) bytes per row each), v written and read, s
 // written: about three times the traffic of the fused GEMM kernel, which reads x and writes s.
 //
-// Host header (no CUDA-only syntax). fp32 only; d even, 2..128. The object owns its plan and
+// Host header (no CUDA-only syntax). fp32 only; d even, 2..256. The object owns its plan and
 // scratch and serves one shape; calls are queued on its stream.
 #pragma once
 #include <cuda_runtime_api.h>

@@ -1,6 +1,6 @@
 // Parameters a trained GPT-NeoX model could hold, for the device checks of the whole model and of
-// the training state: matrices ~ N(0, 0.05²), the norms' weights near 1, the DiJiang projection
-// from the DCT of Gaussian scales, decays in the reference range.
+// the training state: matrices ~ N(0, σ²) (σ = 0.05 √(64 / max(D, 64))), the norms' weights near 1,
+// the DiJiang projection from the DCT of Gaussian scales, decays in the reference range.
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -32,7 +32,10 @@ inline std::vector<double> model_parameters(const ParameterLayout& layout, const
     } else if (view.name.ends_with("feature_weights") || (view.shape.size() == 1 && view.name.ends_with(".weight"))) {
       for (int64_t i = 0; i < n; ++i) out[i] = 1.0 + 0.1 * normal(rng);
     } else {
-      for (int64_t i = 0; i < n; ++i) out[i] = 0.05 * normal(rng);
+      // σ = 0.05 at hidden size 64 and 0.05 √(64 / D) above it, so that q, k and v keep the size
+      // they have at D = 64 (wider random models are otherwise too ill-conditioned to compare).
+      const double sigma = 0.05 * std::sqrt(64.0 / static_cast<double>(std::max<int64_t>(64, config.hidden_size)));
+      for (int64_t i = 0; i < n; ++i) out[i] = sigma * normal(rng);
     }
   }
   return params;

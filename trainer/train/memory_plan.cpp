@@ -88,6 +88,14 @@ RankMemory plan_rank_memory(const MemoryPlanInput& in, int rank) {
                   rotary_pairs * kDouble;
     // The softmax teacher's attention backward keeps one fp32 value per (sequence, head, token).
     if (!c.is_dijiang()) m.workspace += sequences * c.num_heads * in.seq_len * kFloat;
+    // Head sizes above 128 (kernels/cuda/dijiang_attention.h): the feature map streams a prepared
+    // copy of P (256 KB), and in bf16 the decay attention's backward, which runs in two passes over
+    // 128-wide column blocks, keeps the first pass's fp32 partial sums of dfq, dfk and dv
+    // (m = dv = d: 3 d fp32 values per (sequence, head, token), 12 D bytes per token).
+    if (c.is_dijiang() && c.head_dim() > 128) {
+      m.workspace += int64_t{256} << 10;
+      if (bf16) m.workspace += tokens * 3 * c.hidden_size * kFloat;
+    }
   } else if (c.is_dijiang()) {
     // The fused GroupNorm + gate backward recomputes GroupNorm into a temporary.
     m.workspace = tokens * c.hidden_size * act;
