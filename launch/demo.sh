@@ -6,7 +6,8 @@
 #     with the GPT-NeoX tokenizer, a small softmax GPT-NeoX teacher is trained on it from scratch,
 #     converted to DiJiang attention and fine-tuned on 1/16 of the teacher's training tokens; the
 #     validation perplexity of teacher, converted-before-fine-tuning and converted-after-fine-tuning
-#     is printed as a table and plotted (runs/demo/curves.png).
+#     is printed as a table and plotted (runs/demo/curves.png), with their zero-shot scores on the
+#     tasks made from the held-out chapters (data/tasks).
 # Output goes to runs/demo. Pass a different directory as the first argument.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
@@ -60,6 +61,18 @@ for row in "softmax teacher (from scratch, 400 steps)|$t" "DiJiang, converted, b
            "DiJiang, after fine-tuning (25 steps, 1/16)|$f"; do
   json="${row#*|}"
   printf '%-44s %10s %12.4f %12.2f\n' "${row%%|*}" "$(field "$json" tokens)" "$(field "$json" loss)" "$(field "$json" ppl)"
+done
+
+# Zero-shot scores on tasks made from the same held-out chapters (data/tasks, tools/tasks/README.md).
+tasks() { "$DIJIANG" -q eval-tasks --model "$1" --task "$2=data/tasks/vimdoc-$2.jsonl" --json; }
+echo
+printf '%-44s %16s %16s %12s\n' "zero-shot (data/tasks, usr_4*.txt)" "choice acc_norm" "cloze acc" "cloze ppl"
+for row in "softmax teacher|$teacher" "DiJiang, converted, before fine-tuning|$OUT/converted.h5" \
+           "DiJiang, after fine-tuning|$finetuned"; do
+  choice=$(tasks "${row#*|}" choice)
+  cloze=$(tasks "${row#*|}" cloze)
+  printf '%-44s %16.3f %16.3f %12.2f\n' "${row%%|*}" "$(field "$choice" acc_norm)" "$(field "$cloze" acc)" \
+    "$(field "$cloze" perplexity)"
 done
 echo
 echo "curves: $OUT/curves.png; checkpoints and metrics.jsonl under $OUT/teacher and $OUT/dijiang"

@@ -14,6 +14,7 @@ void register_train(CLI::App& app);
 void register_plot(CLI::App& app);
 void register_preprocess(CLI::App& app);
 void register_generate(CLI::App& app);
+void register_eval_tasks(CLI::App& app);
 // bench generate, a subcommand of bench (bench_generate.cpp).
 void register_bench_generate(CLI::App& bench);
 

@@ -49,6 +49,7 @@ int main(int argc, char** argv) {
   dj::cli::register_plot(app);
   dj::cli::register_preprocess(app);
   dj::cli::register_generate(app);
+  dj::cli::register_eval_tasks(app);
 
   try {
     app.parse(argc, argv);
