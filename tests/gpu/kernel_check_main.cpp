@@ -15,6 +15,9 @@
 //                     60): a hung kernel then still leaves the tables of what ran.
 //   --time-limit S    the same for the whole run (default: none): a case still running at S
 //                     seconds ends the run; cases not started by then are reported as not run.
+//   --budget S        start no case after S seconds; the cases left are listed as skipped and do
+//                     not fail the run (for runs that cover as much as a time slot allows, such as
+//                     the sanitizer's).
 //   --list            print the registered cases and exit.
 // Exit status: 0 when every check passed, 1 when one failed (or a case threw, or nothing
 // matched), 2 when no CUDA device can be used or the arguments are wrong.
@@ -52,12 +55,13 @@ struct Options {
   bool list = false;
   double case_timeout_s = 60.0;
   double time_limit_s = 0.0;  // 0: none
+  double budget_s = 0.0;      // 0: none
 };
 
 [[noreturn]] void usage_error(const std::string& message) {
   std::fprintf(stderr,
                "kernel_check: %s\nusage: kernel_check [--seed N] [--filter SUBSTR] [--bench | "
-               "--bench-only] [--case-timeout S] [--time-limit S] [--list]\n",
+               "--bench-only] [--case-timeout S] [--time-limit S] [--budget S] [--list]\n",
                message.c_str());
   std::exit(2);
 }
@@ -84,12 +88,14 @@ Options parse(int argc, char** argv) {
         options.case_timeout_s = std::stod(value());
       } else if (arg == "--time-limit") {
         options.time_limit_s = std::stod(value());
+      } else if (arg == "--budget") {
+        options.budget_s = std::stod(value());
       } else if (arg == "--list") {
         options.list = true;
       } else if (arg == "--help" || arg == "-h") {
         std::printf(
             "usage: kernel_check [--seed N] [--filter SUBSTR] [--bench | --bench-only] "
-            "[--case-timeout S] [--time-limit S] [--list]\n");
+            "[--case-timeout S] [--time-limit S] [--budget S] [--list]\n");
         std::exit(0);
       } else {
         usage_error("unknown argument " + arg);
@@ -362,6 +368,7 @@ int main(int argc, char** argv) {
   Context ctx(seed);
   std::vector<std::string> case_of_check;  // the case each row of ctx.checks() came from
   bool context_lost = false;
+  int skipped = 0;
   {
     Watchdog watchdog(options.case_timeout_s, options.time_limit_s, ctx, case_of_check,
                       options.bench);
@@ -370,7 +377,14 @@ int main(int argc, char** argv) {
       return 2;
     }
     std::string lost_in;
+    const auto run_start = std::chrono::steady_clock::now();
     for (const RegisteredCase* c : cases) {
+      if (options.budget_s > 0 &&
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count() >= options.budget_s) {
+        std::printf("[ skip  ] %s (--budget %g s reached)\n", c->name.c_str(), options.budget_s);
+        ++skipped;
+        continue;
+      }
       const size_t checks_before = ctx.checks().size();
       const size_t benches_before = ctx.benches().size();
       std::vector<std::string> failures;
@@ -418,6 +432,7 @@ int main(int argc, char** argv) {
     }
   }
   const Tally tally = print_results(ctx, case_of_check, options.bench);
+  if (skipped > 0) std::printf("kernel_check: %d case(s) skipped by --budget\n", skipped);
   if (!context_lost) cudaStreamDestroy(ctx.stream);
   const bool ok = tally.failed == 0;
   std::printf("kernel_check: %s\n", ok ? "PASS" : "FAIL");

@@ -5,10 +5,16 @@
 #
 #   bash tests/gpu/run.sh
 #
-# Steps: environment, configure, build (nccl_check), nccl_check, build_kernels (kernel_check),
-# kernel_check (every CUDA op against the CPU reference), kernel_bench (kernel_check --bench-only).
-# Each step's output goes to $OUT/<log>.log (OUT defaults to build-gpu-out/; both builds share
-# build.log), the summary table to $OUT/summary.txt and is printed last: 7 files, under the
+# Steps, in order of what matters most when time runs short: environment, configure, build
+# (nccl_check, train_check, kernel_check in one build), nccl_check (the NCCL communicator),
+# train_check (the trainer's ZeRO state on the GPU, stages 0-3 through NCCL, against the CPU; two
+# ranks when two GPUs are visible, skipped otherwise), kernel_check (every CUDA op against the
+# CPU reference, every Pythia head size), sanitizer (compute-sanitizer racecheck, synccheck and
+# memcheck over the attention kernels' checks), kernel_bench (kernel_check --bench-only).
+# DIJIANG_CUDA_SYNC_LAUNCHES=1 is set for the checks (not the benchmarks): every launch is followed
+# by a synchronisation, so a fault names its kernel. Logs go to $OUT (default build-gpu-out/):
+# setup.log (environment, configure, build), nccl_check.log, train_check.log, kernel_check.log,
+# sanitizer.log, kernel_bench.log and the summary, summary.txt, printed last: 7 files, under the
 # device's limit of 8. A step whose prerequisite failed is skipped. Exit status 0 only when every
 # step passed. Each step has a budget, and the whole script a deadline (DIJIANG_GPU_DEADLINE_S,
 # default 465 s) that caps the budget of every step, so that it ends well inside the device's
@@ -16,7 +22,7 @@
 #
 # Environment: DIJIANG_GPU_ARCH (CUDA architectures, default 90), DIJIANG_GPU_BUILD (build folder,
 # default build-gpu/, kept between calls while the machine stays warm), NCCL_ROOT,
-# DIJIANG_GPU_DEADLINE_S, KERNEL_CHECK_ARGS (extra arguments of both kernel_check runs, e.g.
+# DIJIANG_GPU_DEADLINE_S, KERNEL_CHECK_ARGS (extra arguments of the kernel_check runs, e.g.
 # "--seed 42" or "--filter layernorm").
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -116,32 +122,51 @@ generator=()
 command -v ninja >/dev/null 2>&1 && generator=(-G Ninja)
 [[ -d $deps/fmt ]] || echo "run.sh: $deps/fmt missing: run tests/gpu/prepare.sh here first and carry build-gpu-deps"
 
-run_step environment 30 bash -c "$environment" environment "$deps"
+log=setup run_step environment 20 bash -c "$environment" environment "$deps"
 # A build folder configured elsewhere (another root) is started afresh.
 if [[ -f $build/CMakeCache.txt ]] && ! grep -q "^CMAKE_HOME_DIRECTORY:INTERNAL=$root/tests/gpu\$" "$build/CMakeCache.txt"; then
   rm -rf "$build"
 fi
-run_step configure 60 cmake -S tests/gpu -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
+log=setup run_step configure 60 cmake -S tests/gpu -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release \
   -DDIJIANG_GPU_ARCH="$arch" -DDIJIANG_DEPS_INCLUDE="$deps"
 
-# The communicator check (a few files: seconds to build and to run).
-needs configure build && log=build run_step build 120 cmake --build "$build" -j "$jobs" --target nccl_check
+# One build of every check (nvcc dominates: about 4 minutes at most on 16 cores).
+needs configure build &&
+  log=setup run_step build 260 cmake --build "$build" -j "$jobs" --target nccl_check train_check kernel_check
 export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
 export NCCL_SOCKET_IFNAME=${NCCL_SOCKET_IFNAME:-lo}  # every rank is on this machine: bootstrap over loopback
-needs build nccl_check && run_step nccl_check 90 "$build/nccl_check"
+export DIJIANG_CUDA_SYNC_LAUNCHES=1
+needs build nccl_check && run_step nccl_check 60 "$build/nccl_check"
+needs build train_check && run_step train_check 60 "$build/train_check"
 
-# The kernel checks: the CUDA kernels and the CPU reference (nvcc dominates: about 4 minutes at
-# most on 16 cores), each op against the CPU, then the benchmarks. kernel_check stops by itself
-# (--time-limit, 15 s inside the step's budget; --case-timeout for one case) and still prints the
-# tables of what ran.
-needs configure build_kernels &&
-  log=build run_step build_kernels 240 cmake --build "$build" -j "$jobs" --target kernel_check
-if needs build_kernels kernel_check; then
-  b=$(budget_for 120)
+# kernel_check stops by itself (--time-limit, 15 s inside the step's budget; --case-timeout for one
+# case) and still prints the tables of what ran.
+if needs build kernel_check; then
+  b=$(budget_for 100)
   run_step kernel_check "$b" "$build/kernel_check" --case-timeout 60 --time-limit $((b - 15)) \
     "${kernel_args[@]}"
 fi
-if needs build_kernels kernel_bench; then
+
+# The attention kernels under compute-sanitizer: races on shared memory, barrier misuse, and
+# out-of-bounds or misaligned accesses, over the checks' edge shapes: each tool starts cases for a
+# third of the step's time (--budget; the cases left are skipped, not failed).
+sanitize='set -u
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null) ||
+  { echo "compute-sanitizer not found"; exit 1; }
+status=0
+for tool in racecheck synccheck memcheck; do
+  echo "== compute-sanitizer --tool $tool"
+  "$sanitizer" --tool "$tool" --error-exitcode 3 "$1" --filter dijiang_decay_attention,causal_attention,dijiang_feature_map,dijiang_group_norm_gate \
+    --case-timeout 60 --budget "$2" || status=1
+done
+exit $status'
+if needs build sanitizer; then
+  b=$(budget_for 120)
+  run_step sanitizer "$b" bash -c "$sanitize" sanitize "$build/kernel_check" $(((b - 40) / 3))
+fi
+
+unset DIJIANG_CUDA_SYNC_LAUNCHES
+if needs build kernel_bench; then
   b=$(budget_for 150)
   run_step kernel_bench "$b" "$build/kernel_check" --bench-only --case-timeout 60 \
     --time-limit $((b - 15)) "${kernel_args[@]}"
@@ -151,6 +176,7 @@ fi
   printf '%-14s %-8s %6s  %s\n' step result time note
   printf '%s\n' "${rows[@]}"
   tables "$OUT/nccl_check.log" '^check '
+  tables "$OUT/train_check.log" '^case (against'
   tables "$OUT/kernel_check.log" '^== kernel checks'
   tables "$OUT/kernel_bench.log" '^== '
   echo
