@@ -63,5 +63,3 @@ add_library(dijiang_openblas INTERFACE)
 target_include_directories(dijiang_openblas SYSTEM INTERFACE ${DIJIANG_OPENBLAS_CBLAS_DIR})
 target_link_libraries(dijiang_openblas INTERFACE ${DIJIANG_OPENBLAS_LIBRARY} OpenMP::OpenMP_CXX)
 target_link_options(dijiang_openblas INTERFACE "LINKER:-rpath,${DIJIANG_OPENBLAS_LIBRARY_DIR}")
-# The name the libraries and tests link by (it came from pkg_check_modules before).
-add_library(PkgConfig::OPENBLAS ALIAS dijiang_openblas)
