@@ -59,7 +59,7 @@ constexpr float kSeriesLimit = 0.75f;
 VF lanes_of(float value) { return VF{} + value; }
 
 // Phi(x) on each lane.
-VF normal_cdf_lanes(VF x) {
+[[gnu::always_inline]] inline VF normal_cdf_lanes(VF x) {
   // |x| < 0.75: Phi(x) = 1/2 + x/sqrt(2 pi) sum_n (-1)^n x^(2n) / (2^n n! (2n+1)), to n = 6
   // (the first term left out is below 2e-9).
   const VF s = x * x;
@@ -92,7 +92,7 @@ VF normal_cdf_lanes(VF x) {
 }
 
 // phi(x), the standard normal density, on each lane.
-VF normal_pdf_lanes(VF x) {
+[[gnu::always_inline]] inline VF normal_pdf_lanes(VF x) {
   return static_cast<float>(kInvSqrt2Pi) * vector_exp_detail::exp_lanes<float>(-0.5f * x * x);
 }
 
