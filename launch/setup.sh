@@ -8,9 +8,11 @@ DIJIANG_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${BUILD_DIR:-$DIJIANG_ROOT/build}"
 BUILD_TYPE="${BUILD_TYPE:-Release}"
 
+# OpenBLAS is its OpenMP build (libopenblas-openmp-dev), linked explicitly, so that matrix products
+# run on the program's own OpenMP threads (cmake/DijiangDependencies.cmake).
 DIJIANG_PACKAGES=(
   build-essential cmake ninja-build pkg-config
-  libopenblas-dev libhdf5-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
+  libopenblas-openmp-dev libhdf5-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libzip-dev libplplot-dev plplot-driver-cairo libutf8proc-dev libpcre2-dev libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin
   libboost-context-dev python3
 )
@@ -64,7 +66,7 @@ dijiang_build() {
 dijiang_blas_coretype() {
   if [ -n "${OPENBLAS_CORETYPE:-}" ]; then return 0; fi
   local core
-  core=$(OPENBLAS_VERBOSE=2 "$BUILD_DIR/dijiang" --version 2>&1 | sed -n 's/^Core: //p')
+  core=$("$BUILD_DIR/dijiang" --version 2>/dev/null | sed -n 's/^BLAS: .* \([A-Za-z0-9_]*\) kernels, .*/\1/p')
   if [ "$core" != "Prescott" ]; then return 0; fi
   if grep -qw avx512f /proc/cpuinfo; then export OPENBLAS_CORETYPE=SkylakeX
   elif grep -qw avx2 /proc/cpuinfo; then export OPENBLAS_CORETYPE=Haswell

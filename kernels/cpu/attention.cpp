@@ -6,9 +6,11 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
+#include "kernels/cpu/layout.h"
 #include "kernels/cpu/vector_exp.h"
 
 namespace dj::cpu {
@@ -23,9 +25,11 @@ namespace {
 // AVX-512 ones: our generic x86-64 build cannot use the wide vector units itself.
 constexpr int64_t kBlockQ = 64;
 constexpr int64_t kMaxBlockK = 64;
-// OpenBLAS (0.3.x, pthreads build) hands a GEMM to its own thread pool once M*N*K exceeds
-// 65536 * 4. From inside our OpenMP region that oversubscribes the cores (3x slower at d = 128),
-// so for d > 64 the key tiles narrow to keep every tile product at or below that size.
+// OpenBLAS's pthread build (0.3.x) hands a GEMM to its own thread pool once M*N*K exceeds
+// 65536 * 4, which from inside our OpenMP region oversubscribed the cores (3x slower at d = 128),
+// so for d > 64 the key tiles narrow to keep every tile product at or below that size. The OpenMP
+// build linked now runs a product called inside a parallel region on the calling thread; the
+// tiling is kept, as the tile sizes fix the order of the sums (and so the results).
 constexpr int64_t kBlasSingleThreadWork = 65536 * 4;
 constexpr int64_t kMinBlockK = 8;
 
@@ -220,11 +224,11 @@ void causal_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, c
                                const T* v, const T* o, const T* lse, int64_t BH, int64_t T_len,
                                int64_t d, T scale) {
   const int64_t n = BH * T_len;
-  std::fill(dq, dq + n * d, T(0));
-  std::fill(dk, dk + n * d, T(0));
-  std::fill(dv, dv + n * d, T(0));
-  // D[i] = dO_i . O_i, summed in double.
-  std::vector<T> D(static_cast<size_t>(n));
+  fill_zero(dq, n * d);
+  fill_zero(dk, n * d);
+  fill_zero(dv, n * d);
+  // D[i] = dO_i . O_i, summed in double (every entry is written below).
+  std::unique_ptr<T[]> D(new T[static_cast<size_t>(n)]);
 #pragma omp parallel for schedule(static) if (n * d > kParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     double sum = 0.0;
@@ -236,7 +240,7 @@ void causal_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, c
   auto head = [&](int64_t bh) {
     const int64_t off = bh * T_len * d;
     return HeadGrad<T>{dq + off, dk + off, dv + off,         dout + off,           q + off,
-                       k + off,  v + off,  lse + bh * T_len, D.data() + bh * T_len};
+                       k + off,  v + off,  lse + bh * T_len, D.get() + bh * T_len};
   };
   const Tiling tiling = tiling_for(T_len, d);
   const int64_t key_blocks = tiling.key_blocks();

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <utility>
 #include <vector>
@@ -236,6 +237,55 @@ TEST(OpsGelu, FloatMatchesDouble) {
   }
 }
 
+// The float path of the exact GELU runs on SIMD lanes (kernels/cpu/gelu.cpp): close to the double
+// reference element by element, the left tail included (where 1 + erff(x / sqrt 2) cancels), the
+// same bits for any thread count and wherever an element sits (the ragged end too).
+TEST(OpsGelu, FloatErfLanesElementwise) {
+  const int64_t n = 160003;  // odd: a ragged end after the whole vectors
+  std::vector<double> x(n);
+  for (int64_t i = 0; i < n; ++i) x[i] = -8.0 + 16.0 * static_cast<double>(i) / static_cast<double>(n - 1);
+  const auto xf = cast_vector<float>(x);
+  const std::vector<double> exact(xf.begin(), xf.end());  // the float inputs, exactly
+  // The reference through erfc, accurate in the left tail too (1 + erf cancels there in double).
+  std::vector<double> y(n), dx(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const double cdf = 0.5 * std::erfc(-exact[i] / std::sqrt(2.0));
+    y[i] = exact[i] * cdf;
+    dx[i] = cdf + exact[i] * std::exp(-0.5 * exact[i] * exact[i]) / std::sqrt(2.0 * M_PI);
+  }
+  std::vector<float> yf(n), dxf(n), onesf(n, 1.0f);
+  cpu::gelu_forward(yf.data(), xf.data(), n, cpu::GeluKind::Erf);
+  cpu::gelu_backward(dxf.data(), onesf.data(), xf.data(), n, cpu::GeluKind::Erf);
+  for (int64_t i = 0; i < n; ++i) {
+    const double relative = std::abs(yf[i] - y[i]) / std::max(std::abs(y[i]), 1e-300);
+    // The exponent -x^2/2 is rounded to float: the relative error grows with it in the tails.
+    ASSERT_LE(relative, 5e-7 * (1.0 + exact[i] * exact[i])) << "gelu(" << exact[i] << ")";
+    ASSERT_LE(std::abs(dxf[i] - dx[i]), 3e-7) << "gelu'(" << exact[i] << ")";
+  }
+  for (const int threads : {1, 2, 3}) {
+    const auto [again, dagain] = with_threads(threads, [&] {
+      std::vector<float> forward(n), backward = onesf;
+      cpu::gelu_forward(forward.data(), xf.data(), n, cpu::GeluKind::Erf);
+      cpu::gelu_backward(backward.data(), backward.data(), xf.data(), n, cpu::GeluKind::Erf);  // aliased
+      return std::pair{forward, backward};
+    });
+    EXPECT_EQ(again, yf) << threads << " threads";
+    EXPECT_EQ(dagain, dxf) << threads << " threads";
+  }
+  for (const int64_t i : {int64_t{0}, n / 2 + 1, n - 1}) {
+    float one = 0.0f;
+    cpu::gelu_forward(&one, &xf[i], 1, cpu::GeluKind::Erf);
+    EXPECT_EQ(one, yf[i]) << "element " << i << " alone";
+  }
+  const float special[] = {0.0f, -0.0f, std::numeric_limits<float>::infinity(), std::nanf("")};
+  float out[4];
+  cpu::gelu_forward(out, special, 4, cpu::GeluKind::Erf);
+  EXPECT_EQ(out[0], 0.0f);
+  EXPECT_EQ(out[1], 0.0f);
+  EXPECT_EQ(out[2], std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan(out[3]));
+}
+
 // ---------------------------------------------------------------------------------------------
 // rotary
 
@@ -276,6 +326,51 @@ TEST(OpsRotary, MatchesFormulaAndBackwardInverts) {
   }
 }
 
+// The cos/sin table is computed once per (rotary_dims, base) and grown for longer sequences or
+// later offsets; every entry equals the one a fresh computation gives, so rotations are the same
+// bits before and after the table grows.
+TEST(OpsRotary, CachedTableEqualsRecomputation) {
+  const double base = 12345.0;  // used by no other test: the first call below computes the table
+  const int64_t BH = 3, T_len = 40, d = 20, r = 16, half = r / 2;
+  const auto x = cast_vector<float>(random_vector(BH * T_len * d, 52));
+  std::vector<float> before = x;
+  cpu::rotary_forward(before.data(), BH, T_len, d, r, base);
+
+  const auto cached = cpu::rotary_table(r, base, T_len);
+  EXPECT_GE(cached->positions, T_len);
+  EXPECT_EQ(cpu::rotary_table(r, base, T_len - 1).get(), cached.get());  // not recomputed
+  const auto fresh = cpu::compute_rotary_table(r, base, cached->positions);
+  EXPECT_EQ(cached->cos, fresh->cos);
+  EXPECT_EQ(cached->sin, fresh->sin);
+
+  // A later offset grows the table; its entries are still those of a fresh computation.
+  std::vector<float> late = x;
+  cpu::rotary_forward(late.data(), 1, 3, d, r, base, 997);
+  const auto grown = cpu::rotary_table(r, base, 1000);
+  EXPECT_NE(grown.get(), cached.get());
+  EXPECT_GE(grown->positions, 1000);
+  const auto fresh_grown = cpu::compute_rotary_table(r, base, grown->positions);
+  EXPECT_EQ(grown->cos, fresh_grown->cos);
+  EXPECT_EQ(grown->sin, fresh_grown->sin);
+  for (int64_t i = 0; i < cached->positions * half; ++i) {
+    ASSERT_EQ(grown->cos[static_cast<size_t>(i)], cached->cos[static_cast<size_t>(i)]);
+    ASSERT_EQ(grown->sin[static_cast<size_t>(i)], cached->sin[static_cast<size_t>(i)]);
+  }
+
+  std::vector<float> after = x;
+  cpu::rotary_forward(after.data(), BH, T_len, d, r, base);
+  EXPECT_EQ(after, before);
+  cpu::rotary_backward(after.data(), BH, T_len, d, r, base);
+  EXPECT_LE(relative_difference(after, x), 1e-6);
+
+  // The offset rotation equals rows 997..999 of a rotation from position 0.
+  std::vector<float> from_zero(static_cast<size_t>(1000 * d));
+  std::copy(x.begin(), x.begin() + 3 * d, from_zero.begin() + 997 * d);
+  cpu::rotary_forward(from_zero.data(), 1, 1000, d, r, base);
+  EXPECT_EQ(std::vector<float>(from_zero.begin() + 997 * d, from_zero.end()),
+            std::vector<float>(late.begin(), late.begin() + 3 * d));
+}
+
 TEST(OpsRotary, ZeroDimsIsNoOpAndBadDimsThrow) {
   const auto x = random_vector(2 * 3 * 5, 51);
   std::vector<double> y = x;
@@ -283,6 +378,7 @@ TEST(OpsRotary, ZeroDimsIsNoOpAndBadDimsThrow) {
   EXPECT_EQ(y, x);
   EXPECT_THROW(cpu::rotary_forward(y.data(), 2, 3, 5, 3, 10000.0), Error);  // odd
   EXPECT_THROW(cpu::rotary_forward(y.data(), 2, 3, 5, 6, 10000.0), Error);  // wider than d
+  EXPECT_THROW(cpu::rotary_forward(y.data(), 2, 3, 5, 4, 10000.0, -1), Error);  // before position 0
   EXPECT_EQ(y, x);
 }
 

@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kernels/backend.h"
 #include "kernels/core/error.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/dijiang.h"
@@ -86,6 +87,9 @@ void bench_model(const BenchModelOptions& o) {
   std::vector<int32_t> ids(static_cast<size_t>(o.batch * o.seq_len));
   for (auto& id : ids) id = token(rng);
 
+  warn_about_blas();
+  const std::string blas = blas_description();
+  spdlog::info("BLAS: {}", blas);
   spdlog::info("measuring sgemm (2048^3) ...");
   const double sgemm = measure_sgemm_rate(2048, 3);
   spdlog::info("model {} ({:.1f}M parameters), batch {} x seq {}: warm-up step ...", o.config,
@@ -116,11 +120,16 @@ void bench_model(const BenchModelOptions& o) {
       {"forward_tokens_per_s", tokens / fwd},
       {"model_gflops", rate / 1e9}, {"sgemm_gflops", sgemm / 1e9},
       {"fraction_of_sgemm", rate / sgemm},
+      {"threads", omp_get_max_threads()},
+      {"blas", blas},
+      {"blas_build", blas_info().build},
   };
   if (o.json) {
     std::printf("%s\n", result.dump().c_str());
     return;
   }
+  std::printf("BLAS: %s\n", blas.c_str());
+  std::printf("threads: %d\n\n", omp_get_max_threads());
   std::printf("%-28s %12s\n", "measure (median of steps)", "value");
   std::printf("%-28s %12.1f\n", "forward ms", fwd * 1e3);
   std::printf("%-28s %12.1f\n", "backward ms", bwd * 1e3);
@@ -243,6 +252,8 @@ double decode_step_seconds(const BenchAttentionOptions& o, int64_t context) {
 }
 
 void bench_attention(const BenchAttentionOptions& o) {
+  warn_about_blas();
+  spdlog::info("BLAS: {}", blas_description());
   struct Row {
     int64_t L;
     double softmax = NAN, parallel = NAN, chunkwise = NAN, recurrent = NAN;

@@ -22,7 +22,6 @@ int main(int argc, char** argv) {
   app.failure_message([](const CLI::App*, const CLI::Error& e) {
     return fmt::format("dijiang: error: {}\nRun with --help for more information.\n", e.what());
   });
-  app.set_version_flag("--version", "dijiang 0.1.0");
   int threads = 0;
   std::string device = "auto";
   bool verbose = false, quiet = false;
@@ -33,6 +32,20 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   app.add_flag("-v,--verbose", verbose, "debug logging");
   app.add_flag("-q,--quiet", quiet, "warnings and errors only");
+  // The version and the BLAS the process loaded: its build decides whether matrix products share
+  // the program's OpenMP threads (kernels/backend.h). Declared after --threads, whose value is
+  // stored before this runs (the parse-complete callback below comes after it).
+  app.set_version_flag("--version", [&threads] {
+    if (threads > 0) omp_set_num_threads(threads);
+    std::string text = fmt::format("dijiang 0.1.0\nBLAS: {}", dj::blas_description());
+    const dj::BlasInfo blas = dj::blas_info();
+    if (!blas.shares_openmp_pool())
+      text += fmt::format("\nwarning: this is OpenBLAS's {} build, not the OpenMP build dijiang was linked with: "
+                          "matrix products do not share the program's OpenMP threads (check LD_LIBRARY_PATH and "
+                          "LD_PRELOAD)",
+                          blas.build);
+    return text;
+  });
   app.parse_complete_callback([&] {
     spdlog::set_level(verbose ? spdlog::level::debug : quiet ? spdlog::level::warn : spdlog::level::info);
     if (threads > 0) omp_set_num_threads(threads);

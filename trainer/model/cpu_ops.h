@@ -70,11 +70,11 @@ class CpuOps {
   }
   template <typename U>
   void copy(U* dst, const U* src, int64_t n) {
-    if (n > 0 && dst != src) std::memmove(dst, src, static_cast<size_t>(n) * sizeof(U));
+    cpu::copy(dst, src, n);
   }
   template <typename U>
   void fill_zero(U* dst, int64_t n) {
-    std::fill(dst, dst + n, U(0));
+    cpu::fill_zero(dst, n);
   }
   void accumulate(Grad* out, const Grad* in, int64_t n) { cpu::accumulate(out, in, n); }
   // The compute copy of parameters (Act from Param): the same values here.
