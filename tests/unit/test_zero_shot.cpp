@@ -56,6 +56,16 @@ TEST(ZeroShot, ReadsAndValidatesTaskFiles) {
   EXPECT_TRUE(read_task_file("c", cloze).cloze);
   std::filesystem::remove(cloze);
 
+  const auto partial = write_lines("partial", R"({"contexts": ["the man", "the end"], "continuation": " is in", "gold": 1})" "\n");
+  const Task p = read_task_file("p", partial);
+  ASSERT_EQ(p.items.size(), 1u);
+  EXPECT_TRUE(p.items[0].multiple_contexts());
+  EXPECT_FALSE(p.cloze);
+  EXPECT_EQ(p.items[0].choices, std::vector<std::string>{" is in"});
+  std::filesystem::remove(partial);
+  expect_error("{\"contexts\": [\"a\", \"b\"], \"continuation\": \" c\", \"gold\": 2}\n", "\"gold\" 2 is not the index");
+  expect_error("{\"contexts\": [\"a\", \"b\"], \"choices\": [\"x\", \"y\"], \"gold\": 0}\n", "a multiple-context item has");
+  expect_error("{\"context\": \"a\", \"contexts\": [\"a\", \"b\"], \"continuation\": \" c\", \"gold\": 0}\n", "an item needs a string");
   expect_error("{\"context\": \"a\", \"choices\": [\" b\", \" c\"], \"gold\": 2}\n", ":1: \"gold\" 2 is not the index");
   expect_error("\n{\"context\": \"a\"}\n", ":2: an item has either");
   expect_error("{\"context\": \"a\", \"continuation\": \" b\"}\n{\"context\": \"a\", \"choices\": [\"x\", \"y\"], \"gold\": 0}\n",
@@ -185,6 +195,35 @@ TEST(ZeroShot, MatchesTransformersOnTheFixtureTasks) {
       EXPECT_NEAR(r.perplexity, e["perplexity"].get<double>(), 1e-9 * e["perplexity"].get<double>());
     }
   }
+}
+
+// Multiple-context items (the harness's partial scoring): each context scores the shared
+// continuation in its own pass, and acc takes the best.
+TEST(ZeroShot, MultipleContextItemsScoreTheSharedContinuation) {
+  const Tokenizer tok = Tokenizer::from_file(test::source_dir() / "data" / "tokenizer" / "tokenizer.json");
+  ModelSource source = read_model_source(test::source_dir() / "data" / "tiny-neox");
+  ModelDecoder<CpuOps<double>> decoder(source);
+  Task task;
+  task.name = "partial";
+  const std::vector<std::vector<std::string>> contexts = {{"the man is", "the end is", "it is"}, {"we do not see", "we see"}};
+  const std::vector<int64_t> golds = {2, 0};
+  std::vector<double> expected_acc;
+  for (size_t i = 0; i < contexts.size(); ++i) {
+    TaskItem item;
+    item.contexts = contexts[i];
+    item.choices = {" in the end"};
+    item.gold = golds[i];
+    std::vector<double> ll;
+    for (const std::string& context : item.contexts) {
+      const EncodedPair pair = encode_pair(tok, context, item.choices[0], 0);
+      ll.push_back(score_item(decoder, &pair, 1)[0].loglikelihood);
+    }
+    expected_acc.push_back(std::max_element(ll.begin(), ll.end()) - ll.begin() == item.gold ? 1.0 : 0.0);
+    task.items.push_back(item);
+  }
+  const TaskResult r = score_task(decoder, tok, task, 0);
+  EXPECT_DOUBLE_EQ(r.acc, (expected_acc[0] + expected_acc[1]) / 2);
+  EXPECT_DOUBLE_EQ(r.acc_norm, r.acc);
 }
 
 }  // namespace

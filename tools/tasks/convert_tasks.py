@@ -2,7 +2,7 @@
 """Convert Hugging Face dataset exports of standard zero-shot benchmarks into task files
 for `dijiang eval-tasks`.
 
-    python3 tools/tasks/convert_tasks.py TASK INPUT_FILE OUTPUT.jsonl [--limit N] [--multi-context]
+    python3 tools/tasks/convert_tasks.py TASK INPUT_FILE OUTPUT.jsonl [--limit N] [--single-context]
     python3 tools/tasks/convert_tasks.py --list
 
 TASK is one of: piqa, arc_easy, arc_challenge, hellaswag, winogrande, lambada_openai, logiqa,
@@ -18,10 +18,10 @@ Every output line is one item:
 The context is lm-evaluation-harness's `doc_to_text` of the document, each choice is
 `target_delimiter + choice` (the delimiter is " " for every task here), and gold is the index of
 the correct choice. WinoGrande and WSC273 are "partial evaluation" tasks in the harness (the
-context differs per choice, the continuation is shared); the format has one context per item, so
-by default they are written as an approximation (see README.md), or with --multi-context as the
-exact harness requests in a proposed extension {"contexts": [...], "continuation": "...",
-"gold": g} that eval-tasks does not read yet.
+context differs per choice, the continuation is shared): they are written as the harness's exact
+requests, {"contexts": [...], "continuation": "...", "gold": g} (multiple-context items, which
+eval-tasks scores as the harness does), or with --single-context as an approximation in the
+one-context format (see README.md).
 
 Standard library only (pyarrow or pandas optional, for parquet).
 """
@@ -205,7 +205,7 @@ def _partial(prefix, options, target, gold, opts):
     continuation = TARGET_DELIMITER + target
     if not 0 <= gold < len(options):
         raise ValueError(f"gold {gold} is not an index of the {len(options)} options")
-    if opts.multi_context:
+    if not opts.single_context:
         return {"contexts": [prefix + o for o in options], "continuation": continuation, "gold": gold}
     # Approximation in the one-context format: the shared text before the blank is the context and
     # each choice is the option followed by the shared continuation. The text scored is the
@@ -292,10 +292,10 @@ def main(argv=None):
     p.add_argument("input", nargs="?", metavar="INPUT_FILE")
     p.add_argument("output", nargs="?", metavar="OUTPUT.jsonl")
     p.add_argument("--limit", type=int, default=0, help="write at most N items")
-    p.add_argument("--multi-context", action="store_true",
-                   help="winogrande / wsc273: write the harness's exact requests as "
-                        '{"contexts": [...], "continuation": ..., "gold": g} (a proposed extension '
-                        "of the format that eval-tasks does not read yet)")
+    p.add_argument("--single-context", action="store_true",
+                   help="winogrande / wsc273: instead of the harness's exact requests (one context per "
+                        "option, the shared continuation scored), write one context and full choices "
+                        "(an approximation; see README.md)")
     p.add_argument("--list", action="store_true", help="list the tasks and the splits they expect")
     opts = p.parse_args(argv)
     if opts.list:

@@ -18,7 +18,7 @@ import convert_tasks  # noqa: E402
 
 class Opts:
     limit = 0
-    multi_context = False
+    single_context = False
 
 
 def one(task, doc, **kw):
@@ -111,11 +111,11 @@ class TestTasks(unittest.TestCase):
     def test_winogrande(self):
         doc = {"sentence": "Sarah was a much better surgeon than Maria so _ always got the harder cases.",
                "option1": "Sarah", "option2": "Maria", "answer": "1"}
-        self.assertEqual(one("winogrande", doc), {
+        self.assertEqual(one("winogrande", doc, single_context=True), {
             "context": "Sarah was a much better surgeon than Maria so ",
             "choices": ["Sarah always got the harder cases.", "Maria always got the harder cases."],
             "gold": 0})
-        self.assertEqual(one("winogrande", doc, multi_context=True), {
+        self.assertEqual(one("winogrande", doc), {
             "contexts": ["Sarah was a much better surgeon than Maria so Sarah",
                          "Sarah was a much better surgeon than Maria so Maria"],
             "continuation": " always got the harder cases.",
@@ -123,8 +123,8 @@ class TestTasks(unittest.TestCase):
         # the blank at the end of a word ("_'s")
         doc = {"sentence": "The cat chased the mouse until _'s legs were tired.", "option1": "cat", "option2": "mouse",
                "answer": "2"}
-        self.assertEqual(one("winogrande", doc, multi_context=True)["continuation"], " 's legs were tired.")
-        self.assertEqual(one("winogrande", doc)["choices"], ["cat 's legs were tired.", "mouse 's legs were tired."])
+        self.assertEqual(one("winogrande", doc)["continuation"], " 's legs were tired.")
+        self.assertEqual(one("winogrande", doc, single_context=True)["choices"], ["cat 's legs were tired.", "mouse 's legs were tired."])
         self.assertEqual(one("winogrande", doc)["gold"], 1)
         with self.assertRaises(convert_tasks.Skip):
             one("winogrande", dict(doc, answer=""))
@@ -149,7 +149,7 @@ class TestTasks(unittest.TestCase):
         doc = {"text": "The city councilmen refused the demonstrators a permit because they feared violence.",
                "pronoun": "they", "pronoun_loc": 63, "quote": "they feared violence", "quote_loc": 63,
                "options": ["The city councilmen", "The demonstrators"], "label": 0, "source": "(Winograd 1972)"}
-        self.assertEqual(one("wsc273", doc), {
+        self.assertEqual(one("wsc273", doc, single_context=True), {
             "context": "The city councilmen refused the demonstrators a permit because ",
             # the harness's continuation is " " + text[loc + len(pronoun):], which starts with a space too
             "choices": ["the city councilmen  feared violence.", "the demonstrators  feared violence."],
@@ -157,7 +157,7 @@ class TestTasks(unittest.TestCase):
         # possessive pronoun: 's appended; start of sentence keeps the capital
         doc = {"text": "Joe paid the detective. His report was late.", "pronoun": "His", "pronoun_loc": 24,
                "options": ["Joe", "The detective"], "label": 1}
-        self.assertEqual(one("wsc273", doc, multi_context=True), {
+        self.assertEqual(one("wsc273", doc), {
             "contexts": ["Joe paid the detective. Joe's", "Joe paid the detective. The detective's"],
             "continuation": "  report was late.", "gold": 1})
 

@@ -69,33 +69,49 @@ Task read_task_file(const std::string& name, const std::filesystem::path& path, 
     } catch (const nlohmann::json::exception& e) {
       fail("{}: not a JSON object: {}", where(), e.what());
     }
-    if (!j.is_object() || !j.contains("context") || !j["context"].is_string())
-      fail("{}: an item needs a string \"context\"", where());
-    TaskItem item;
-    item.context = j["context"].get<std::string>();
-    const bool mc = j.contains("choices"), cloze = j.contains("continuation");
-    if (mc == cloze)
-      fail("{}: an item has either \"choices\" and \"gold\" (multiple choice) or \"continuation\" (cloze)", where());
+    if (!j.is_object()) fail("{}: not a JSON object", where());
     for (const auto& [key, value] : j.items())
-      if (key != "context" && key != "choices" && key != "gold" && key != "continuation")
-        fail("{}: unknown key \"{}\" (expected context, choices, gold or continuation)", where(), key);
-    if (mc) {
-      if (!j["choices"].is_array() || j["choices"].size() < 2)
-        fail("{}: \"choices\" must be an array of at least two strings", where());
-      for (const auto& c : j["choices"]) {
-        if (!c.is_string()) fail("{}: \"choices\" must be an array of strings", where());
-        item.choices.push_back(c.get<std::string>());
+      if (key != "context" && key != "contexts" && key != "choices" && key != "gold" && key != "continuation")
+        fail("{}: unknown key \"{}\" (expected context, choices, gold, continuation or contexts)", where(), key);
+    TaskItem item;
+    const auto strings = [&](const char* key) {
+      if (!j[key].is_array() || j[key].size() < 2) fail("{}: \"{}\" must be an array of at least two strings", where(), key);
+      std::vector<std::string> out;
+      for (const auto& c : j[key]) {
+        if (!c.is_string()) fail("{}: \"{}\" must be an array of strings", where(), key);
+        out.push_back(c.get<std::string>());
       }
+      return out;
+    };
+    const bool partial = j.contains("contexts");
+    if (partial == j.contains("context"))
+      fail("{}: an item needs a string \"context\" (or, for partial scoring, an array \"contexts\")", where());
+    if (partial) {
+      item.contexts = strings("contexts");
+    } else {
+      if (!j["context"].is_string()) fail("{}: an item needs a string \"context\"", where());
+      item.context = j["context"].get<std::string>();
+    }
+    const bool mc = j.contains("choices"), cloze = j.contains("continuation") && !partial;
+    if (partial && (mc || !j.contains("continuation")))
+      fail("{}: a multiple-context item has \"contexts\", one \"continuation\" and \"gold\"", where());
+    if (!partial && mc == cloze)
+      fail("{}: an item has either \"choices\" and \"gold\" (multiple choice) or \"continuation\" (cloze)", where());
+    if (mc) item.choices = strings("choices");
+    if (j.contains("continuation")) {
+      if (!j["continuation"].is_string()) fail("{}: \"continuation\" must be a string", where());
+      item.choices.push_back(j["continuation"].get<std::string>());
+      if (item.choices[0].empty()) fail("{}: the continuation is empty", where());
+    }
+    if (mc || partial) {
       if (!j.contains("gold") || !j["gold"].is_number_integer())
         fail("{}: a multiple-choice item needs an integer \"gold\"", where());
       item.gold = j["gold"].get<int64_t>();
-      if (item.gold < 0 || item.gold >= static_cast<int64_t>(item.choices.size()))
-        fail("{}: \"gold\" {} is not the index of one of the {} choices", where(), item.gold, item.choices.size());
-    } else {
-      if (!j["continuation"].is_string()) fail("{}: \"continuation\" must be a string", where());
-      if (j.contains("gold")) fail("{}: a cloze item has no \"gold\"", where());
-      item.choices.push_back(j["continuation"].get<std::string>());
-      if (item.choices[0].empty()) fail("{}: the continuation is empty", where());
+      const size_t options = partial ? item.contexts.size() : item.choices.size();
+      if (item.gold < 0 || item.gold >= static_cast<int64_t>(options))
+        fail("{}: \"gold\" {} is not the index of one of the {} choices", where(), item.gold, options);
+    } else if (j.contains("gold")) {
+      fail("{}: a cloze item has no \"gold\"", where());
     }
     if (!kind_known) {
       task.cloze = cloze;
@@ -168,8 +184,11 @@ TaskResult score_task(Decoder& decoder, const Tokenizer& tokenizer, const Task& 
   for (int64_t i = 0; i < total; ++i) {
     const TaskItem& item = task.items[static_cast<size_t>(i)];
     std::vector<EncodedPair> pairs;
-    for (const std::string& choice : item.choices) {
-      pairs.push_back(encode_pair(tokenizer, item.context, choice, end_of_text));
+    const size_t options = item.multiple_contexts() ? item.contexts.size() : item.choices.size();
+    for (size_t c = 0; c < options; ++c) {
+      const std::string& context = item.multiple_contexts() ? item.contexts[c] : item.context;
+      const std::string& choice = item.multiple_contexts() ? item.choices[0] : item.choices[c];
+      pairs.push_back(encode_pair(tokenizer, context, choice, end_of_text));
       for (const auto* tokens : {&pairs.back().context, &pairs.back().continuation})
         for (const int32_t id : *tokens)
           if (id < 0 || id >= vocab)
@@ -177,7 +196,13 @@ TaskResult score_task(Decoder& decoder, const Tokenizer& tokenizer, const Task& 
       if (pairs.back().continuation.empty())
         fail("task {}, item {}: the choice \"{}\" adds no token to the context", task.name, i + 1, choice);
     }
-    const std::vector<ChoiceScore> scores = score_item(decoder, pairs.data(), pairs.size());
+    std::vector<ChoiceScore> scores;
+    if (item.multiple_contexts()) {
+      // Each choice is its own context: one pass each.
+      for (const EncodedPair& pair : pairs) scores.push_back(score_item(decoder, &pair, 1)[0]);
+    } else {
+      scores = score_item(decoder, pairs.data(), pairs.size());
+    }
     if (item.cloze()) {
       acc.push_back(scores[0].greedy ? 1.0 : 0.0);
       loglikelihoods.push_back(scores[0].loglikelihood);
@@ -187,7 +212,8 @@ TaskResult score_task(Decoder& decoder, const Tokenizer& tokenizer, const Task& 
       for (size_t c = 1; c < scores.size(); ++c) {
         if (scores[c].loglikelihood > scores[best].loglikelihood) best = c;
         const auto norm = [&](size_t k) {
-          return scores[k].loglikelihood / choice_length(item.choices[k]);
+          return item.multiple_contexts() ? scores[k].loglikelihood
+                                          : scores[k].loglikelihood / choice_length(item.choices[k]);
         };
         if (norm(c) > norm(best_norm)) best_norm = c;
       }

@@ -4,6 +4,9 @@
 //   {"context": "...", "choices": ["...", "..."], "gold": 1}
 // or a cloze item
 //   {"context": "...", "continuation": "..."}
+// or a multiple-context item (the harness's partial scoring of WinoGrande and WSC273: each choice
+// is a context, and only the continuation they share is scored)
+//   {"contexts": ["...", "..."], "continuation": "...", "gold": 0}
 // A choice or continuation is appended to the context as it is (the file carries any delimiter).
 // Each (context, continuation) pair is tokenized as the harness does: trailing spaces of the context
 // move to the continuation, context and context + continuation are encoded separately, and the
@@ -24,15 +27,17 @@ namespace dj {
 
 struct TaskItem {
   std::string context;
-  std::vector<std::string> choices;  // a cloze item: its one continuation
-  int64_t gold = -1;                 // -1: a cloze item
+  std::vector<std::string> choices;   // a cloze or multiple-context item: its one continuation
+  std::vector<std::string> contexts;  // a multiple-context item: one context per choice
+  int64_t gold = -1;                  // -1: a cloze item
   bool cloze() const { return gold < 0; }
+  bool multiple_contexts() const { return !contexts.empty(); }
 };
 
 struct Task {
   std::string name;
   std::vector<TaskItem> items;
-  bool cloze = false;  // every item of a task is of one kind
+  bool cloze = false;  // a task is all cloze items, or all choices (by continuation or by context)
 };
 
 // Reads a task file (at most `limit` items when limit > 0); a malformed line is an error naming the
@@ -59,7 +64,8 @@ std::vector<ChoiceScore> score_item(Decoder& decoder, const EncodedPair* pairs, 
 struct TaskResult {
   int64_t n = 0;
   double acc = 0.0, acc_stderr = 0.0;
-  double acc_norm = 0.0, acc_norm_stderr = 0.0;  // multiple choice
+  double acc_norm = 0.0, acc_norm_stderr = 0.0;  // multiple choice (multiple contexts: acc's, as the
+                                                 // continuation is shared)
   double perplexity = 0.0;                       // cloze
   bool cloze = false;
 };
