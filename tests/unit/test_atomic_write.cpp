@@ -57,6 +57,18 @@ TEST(AtomicWrite, FileIsWrittenAndReplaced) {
   EXPECT_EQ(listing(dir.path()), std::set<std::string>{"out.bin"});
 }
 
+TEST(AtomicWrite, TextIsWrittenWholeAndReplaced) {
+  const TempDir dir;
+  const fs::path file = dir / "report.json";
+  const std::string text = std::string("{\"a\": 1}\n") + std::string(1, '\0') + "tail";
+  write_text_atomically(file, text);
+  EXPECT_EQ(read_bytes(file), text);
+  write_text_atomically(file, "second\n");
+  EXPECT_EQ(read_bytes(file), "second\n");
+  EXPECT_EQ(listing(dir.path()), std::set<std::string>{"report.json"});
+  EXPECT_THROW(write_text_atomically(dir / "missing" / "report.json", "x"), Error);
+}
+
 TEST(AtomicWrite, FileWriterThatThrowsLeavesTargetAndNoTemporary) {
   const TempDir dir;
   const fs::path file = dir / "out.bin";

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <fstream>
 #include <random>
 #include <string>
 #include <string_view>
@@ -137,6 +138,15 @@ void write_file_atomically(const fs::path& path, const AtomicWriter& writer) {
   }
   // The rename is durable only once the directory entry is on disk.
   sync_to_disk(parent_of(path), path);
+}
+
+void write_text_atomically(const fs::path& path, std::string_view text) {
+  write_file_atomically(path, [&](const fs::path& temp) {
+    std::ofstream out(temp, std::ios::binary);
+    out.write(text.data(), static_cast<std::streamsize>(text.size()));
+    out.close();
+    if (!out) fail("{}: write failed", path.string());
+  });
 }
 
 void write_directory_atomically(const fs::path& dir_path, const ReplacePolicy& may_replace,

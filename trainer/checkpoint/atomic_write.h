@@ -4,6 +4,7 @@
 #pragma once
 #include <filesystem>
 #include <functional>
+#include <string_view>
 
 namespace dj {
 
@@ -16,6 +17,9 @@ using AtomicWriter = std::function<void(const std::filesystem::path& temp)>;
 // as it was, and the exception propagates (failures of the steps here throw dj::Error naming
 // `path`). `writer` must create the file and close it before returning.
 void write_file_atomically(const std::filesystem::path& path, const AtomicWriter& writer);
+
+// The same for a file whose whole content is `text` (reports, JSON).
+void write_text_atomically(const std::filesystem::path& path, std::string_view text);
 
 // Whether the existing, non-empty directory `existing` may be replaced. Instead of returning false
 // it may throw a dj::Error of its own, to say how to allow it (e.g. "pass --force").

@@ -294,11 +294,7 @@ void bench_attention(const BenchAttentionOptions& o) {
 
   std::filesystem::create_directories(o.out);
   const std::filesystem::path json_path = std::filesystem::path(o.out) / "attention.json";
-  write_file_atomically(json_path, [&](const std::filesystem::path& temp) {
-    std::ofstream out(temp);
-    out << report.dump(2) << "\n";
-    if (!out) fail("{}: write failed", json_path.string());
-  });
+  write_text_atomically(json_path, report.dump(2) + "\n");
   std::vector<PlotSeries> series = {{"softmax attention", {}, {}}, {"DiJiang parallel", {}, {}},
                                     {"DiJiang chunkwise", {}, {}}, {"DiJiang recurrent", {}, {}}};
   for (const Row& r : rows) {

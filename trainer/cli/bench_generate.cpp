@@ -14,7 +14,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -102,11 +101,7 @@ void bench_generate(const BenchGenerateOptions& o) {
                                 {"state_mib", p.state_mib}});
   std::filesystem::create_directories(o.out);
   const std::filesystem::path json_path = std::filesystem::path(o.out) / "generate.json";
-  write_file_atomically(json_path, [&](const std::filesystem::path& temp) {
-    std::ofstream out(temp);
-    out << report.dump(2) << "\n";
-    if (!out) fail("{}: write failed", json_path.string());
-  });
+  write_text_atomically(json_path, report.dump(2) + "\n");
   std::vector<PlotSeries> series;
   for (const std::string model : {"softmax", "DiJiang"})
     for (const int64_t batch : o.batches) {
