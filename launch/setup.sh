@@ -14,7 +14,7 @@ DIJIANG_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libopenblas-openmp-dev libhdf5-dev libyaml-cpp-dev libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev
   libzip-dev libplplot-dev plplot-driver-cairo libutf8proc-dev libpcre2-dev libgtest-dev libgmock-dev libopenmpi-dev openmpi-bin
-  libboost-context-dev python3
+  libboost-context-dev libxxhash-dev python3
 )
 
 # dijiang_quiet_step DESCRIPTION LOG COMMAND...: runs COMMAND with its output appended to LOG and

@@ -151,7 +151,7 @@ void write_shard_file(const fs::path& path, const FlatShardHeader& header, const
   const auto count = static_cast<hsize_t>(header.end - header.begin);
   for (size_t i = 0; i < kDatasets.size(); ++i)
     write_values(file.get(), kDatasets[i], values[i], count, creation.get(), errors);
-  hdf5::flush_and_close(file, errors);
+  hdf5::close_and_seal(file, path, errors);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,13 +163,11 @@ struct Shard {
   nlohmann::json config, metadata;
 };
 
-Handle open_for_reading(const fs::path& path, const FileErrors& errors) {
+Handle open_for_reading(const fs::path& path, const FileErrors& errors,
+                        ChecksumCheck check = ChecksumCheck::bytes) {
   std::error_code error;
   if (!fs::is_regular_file(path, error)) errors.fail("not a regular file");
-  // HDF5's own message for a foreign file is a generic "unable to open file".
-  if (!hdf5::starts_with_hdf5_signature(path))
-    errors.fail("not an HDF5 file (empty or overwritten?)");
-  return hdf5::open_file_read_only(path, errors);
+  return hdf5::open_verified_file(path, errors, check);
 }
 
 // Opens dataset `name` and checks that it is a 1-D float32 dataset of `expected` values whose
@@ -226,9 +224,9 @@ Handle open_values(hid_t file, const char* name, int64_t expected, const FileErr
 }
 
 // Reads and checks one rank file's attributes and datasets.
-Shard inspect_shard(const fs::path& path, int rank, int world) {
+Shard inspect_shard(const fs::path& path, int rank, int world, ChecksumCheck check) {
   const FileErrors errors(path);
-  Handle file = open_for_reading(path, errors);
+  Handle file = open_for_reading(path, errors, check);
   const std::string format = hdf5::read_string_attribute(file.get(), "format", errors);
   if (format != kFormatName)
     errors.fail("attribute 'format' is '{}', expected '{}'", format, kFormatName);
@@ -280,12 +278,14 @@ std::vector<fs::path> list_shards(const fs::path& dir, int world) {
   return files;
 }
 
-// All rank files of `dir`, checked one by one and against each other.
-std::vector<Shard> inspect_shards(const fs::path& dir, int world) {
+// All rank files of `dir`, checked one by one and against each other. `check` says how much of
+// each file's checksum to verify: all its bytes when reading a checkpoint, only the header when
+// assembling one just written (the writers hashed the bytes as they sealed the files).
+std::vector<Shard> inspect_shards(const fs::path& dir, int world, ChecksumCheck check) {
   const std::vector<fs::path> files = list_shards(dir, world);
   std::vector<Shard> shards;
   for (int rank = 0; rank < world; ++rank)
-    shards.push_back(inspect_shard(files[static_cast<size_t>(rank)], rank, world));
+    shards.push_back(inspect_shard(files[static_cast<size_t>(rank)], rank, world, check));
   const Shard& first = shards.front();
   const std::string first_name = first.file.filename().string();
   for (size_t rank = 0; rank < shards.size(); ++rank) {
@@ -444,7 +444,7 @@ void finish_flat_checkpoint(const fs::path& staging_path, const fs::path& final_
   if (!fs::is_directory(staging, error)) errors.fail("the staging directory does not exist");
 
   const QuietHdf5 quiet;
-  const std::vector<Shard> shards = inspect_shards(staging, world);
+  const std::vector<Shard> shards = inspect_shards(staging, world, ChecksumCheck::header);
   const int64_t total = shards.front().total;
   // Replaces only an earlier flat checkpoint. The rank files are linked, not copied, into the
   // directory that goes into place; COMPLETE comes last.
@@ -483,7 +483,7 @@ FlatCheckpointReader::FlatCheckpointReader(const fs::path& dir_path) {
 
   const QuietHdf5 quiet;
   const Marker marker = read_complete_marker(dir / kCompleteMarker);
-  const std::vector<Shard> shards = inspect_shards(dir, marker.world);
+  const std::vector<Shard> shards = inspect_shards(dir, marker.world, ChecksumCheck::bytes);
   if (shards.front().total != marker.total)
     errors.fail("{} says {} values but the rank files hold {}", kCompleteMarker, marker.total,
                 shards.front().total);
@@ -553,6 +553,17 @@ void FlatCheckpointReader::read(const std::string& dataset, int64_t begin, int64
                    what);
     }
   }
+}
+
+std::vector<fs::path> flat_checkpoint_files(const fs::path& dir_path) {
+  const fs::path dir = without_trailing_separator(dir_path);
+  const FileErrors errors(dir);
+  std::error_code error;
+  if (!fs::is_directory(dir, error)) errors.fail("not a directory (a flat checkpoint is one)");
+  if (!fs::is_regular_file(dir / kCompleteMarker, error))
+    errors.fail("no {} marker: the flat checkpoint is incomplete (an interrupted save?)",
+                kCompleteMarker);
+  return list_shards(dir, read_complete_marker(dir / kCompleteMarker).world);
 }
 
 bool is_flat_checkpoint(const fs::path& path) {

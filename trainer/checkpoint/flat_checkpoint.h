@@ -28,6 +28,7 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -109,6 +110,10 @@ class FlatCheckpointReader {
   struct State;
   std::unique_ptr<State> state_;
 };
+
+// The rank files of the complete flat checkpoint `dir`, in rank order, after checking its marker
+// and that no rank file is missing or extra. Reads no HDF5.
+std::vector<std::filesystem::path> flat_checkpoint_files(const std::filesystem::path& dir);
 
 // True for a directory holding rank-*-of-*.h5 files (complete or not).
 bool is_flat_checkpoint(const std::filesystem::path& path);

@@ -1,16 +1,14 @@
 #include "trainer/checkpoint/hdf5_support.h"
 
-#include <array>
 #include <cstring>
-#include <fstream>
 #include <memory>
+#include <string_view>
+
 
 namespace dj::hdf5 {
 namespace {
 
 namespace fs = std::filesystem;
-
-constexpr std::array<char, 8> kHdf5Signature = {'\x89', 'H', 'D', 'F', '\r', '\n', '\x1a', '\n'};
 
 // The most specific description on HDF5's error stack ("truncated file: eof = ..."), or "".
 // Clears the stack.
@@ -26,8 +24,25 @@ std::string take_hdf5_reason() {
       &reason);
   std::string text = reason != nullptr ? reason : "";
   H5Eclear2(H5E_DEFAULT);
+  // A failed read or write of the file driver reports "file write failed: time = ..., filename =
+  // ..., errno = 28, error message = 'No space left on device', buf = ...": the system's message
+  // is the reason.
+  constexpr std::string_view kSystem = "error message = '";
+  if (const size_t at = text.find(kSystem); at != std::string::npos) {
+    const size_t begin = at + kSystem.size(), end = text.find('\'', begin);
+    if (end != std::string::npos) text = text.substr(begin, end - begin);
+  }
   return text;
 }
+
+// HDF5 closes what is still open when the program exits, from an atexit handler. A file whose
+// close failed (its final flush hit a full disk) stays registered, and closing it again there
+// crashes HDF5 1.10 (H5F__close_cb). Every file here is closed explicitly, so the handler is
+// switched off; it must be before the library initialises, hence a static initialiser.
+const bool kNoAtexit = [] {
+  H5dont_atexit();
+  return true;
+}();
 
 // A file access property list with the strong close degree.
 Handle file_access_list(const FileErrors& errors) {
@@ -64,27 +79,25 @@ void FileErrors::fail_hdf5(std::string_view what) const {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-bool starts_with_hdf5_signature(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::array<char, kHdf5Signature.size()> head{};
-  return in.read(head.data(), head.size()) && head == kHdf5Signature;
-}
-
 Handle create_file(const fs::path& path, const FileErrors& errors) {
   Handle access = file_access_list(errors);
-  return errors.own(H5Fcreate(path.c_str(), H5F_ACC_EXCL, H5P_DEFAULT, access.get()), H5Fclose,
+  Handle creation = errors.own(H5Pcreate(H5P_FILE_CREATE), H5Pclose, "cannot create a property list");
+  errors.check(H5Pset_userblock(creation.get(), kChecksumBlockBytes), "cannot reserve the checksum block");
+  return errors.own(H5Fcreate(path.c_str(), H5F_ACC_EXCL, creation.get(), access.get()), H5Fclose,
                     "cannot create the file");
 }
 
-Handle open_file_read_only(const fs::path& path, const FileErrors& errors) {
+Handle open_verified_file(const fs::path& path, const FileErrors& errors, ChecksumCheck check) {
+  verify_checkpoint_file(path, check);
   Handle access = file_access_list(errors);
   return errors.own(H5Fopen(path.c_str(), H5F_ACC_RDONLY, access.get()), H5Fclose,
                     "cannot open the HDF5 file");
 }
 
-void flush_and_close(Handle& file, const FileErrors& errors) {
+void close_and_seal(Handle& file, const fs::path& path, const FileErrors& errors) {
   errors.check(H5Fflush(file.get(), H5F_SCOPE_GLOBAL), "cannot flush the file");
   errors.check(file.close(), "cannot close the file");
+  seal_checkpoint_file(path);
 }
 
 Handle untimed_dataset_creation(const FileErrors& errors) {

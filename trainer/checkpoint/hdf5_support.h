@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kernels/core/error.h"
+#include "trainer/checkpoint/checksum.h"
 
 namespace dj::hdf5 {
 
@@ -93,20 +94,19 @@ class FileErrors {
 // ---------------------------------------------------------------------------------------------
 // Files
 
-// Whether `path` begins with the 8-byte HDF5 signature. HDF5's own message for a foreign file is a
-// generic "unable to open file", so readers check this first to say something useful.
-bool starts_with_hdf5_signature(const std::filesystem::path& path);
-
-// Creates `path`, which must not exist yet. The file is opened with the strong close degree:
-// closing it closes whatever is still open in it, so that it can be renamed or removed even after
-// an error.
+// Creates `path`, which must not exist yet, with the user block that holds its checksum (see
+// checksum.h). The file is opened with the strong close degree: closing it closes whatever is
+// still open in it, so that it can be renamed or removed even after an error.
 Handle create_file(const std::filesystem::path& path, const FileErrors& errors);
 
-// Opens `path` read-only, with the strong close degree as create_file.
-Handle open_file_read_only(const std::filesystem::path& path, const FileErrors& errors);
+// Verifies the checksum of `path` (verify_checkpoint_file: a damaged, truncated or foreign file
+// fails here, before HDF5 reads any of it), then opens it read-only with the strong close degree.
+Handle open_verified_file(const std::filesystem::path& path, const FileErrors& errors,
+                          ChecksumCheck check = ChecksumCheck::bytes);
 
-// Flushes and closes `file`, failing if either step does (a destructor would ignore it).
-void flush_and_close(Handle& file, const FileErrors& errors);
+// Flushes and closes `file`, created at `path` by create_file, failing if either step does (a
+// destructor would ignore it), then writes its checksum.
+void close_and_seal(Handle& file, const std::filesystem::path& path, const FileErrors& errors);
 
 // A dataset creation property list without modification times, so that the same content always
 // produces the same bytes.

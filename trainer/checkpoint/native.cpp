@@ -174,7 +174,7 @@ void write_file(const fs::path& path, const StoredText& text, std::span<const En
   // Without modification times the same checkpoint always produces the same bytes.
   Handle creation = hdf5::untimed_dataset_creation(errors);
   for (const Entry* entry : tensors) write_dataset(file.get(), *entry, creation.get(), errors);
-  hdf5::flush_and_close(file, errors);
+  hdf5::close_and_seal(file, path, errors);
 }
 
 // The names of the links at the root, in name order.
@@ -274,9 +274,7 @@ Tensor read_dataset(hid_t file, hid_t dataset, const std::string& name, const Fi
 
 NativeCheckpoint read_file(const fs::path& path) {
   const FileErrors errors(path);
-  // HDF5's own message for a foreign file is a generic "unable to open file".
-  if (!hdf5::starts_with_hdf5_signature(path)) errors.fail("not an HDF5 file");
-  Handle file = hdf5::open_file_read_only(path, errors);
+  Handle file = hdf5::open_verified_file(path, errors);
 
   const std::string format = hdf5::read_string_attribute(file.get(), "format", errors);
   if (format != kFormatName)
@@ -364,7 +362,9 @@ int read_complete_marker(const fs::path& path, const FileErrors& errors) {
   return static_cast<int>(shards);
 }
 
-NativeCheckpoint read_directory(const fs::path& dir) {
+// The shard files of the native checkpoint directory `dir`, in order, after checking the marker
+// and that the set is exactly what it names.
+std::vector<std::string> directory_shards(const fs::path& dir) {
   const FileErrors errors(dir);
   const fs::path marker = dir / kCompleteMarker;
   std::error_code error;
@@ -373,7 +373,6 @@ NativeCheckpoint read_directory(const fs::path& dir) {
                 kCompleteMarker);
   const int shards = read_complete_marker(marker, errors);
 
-  // Check the whole set before reading gigabytes of it.
   std::set<std::string> present;
   for (fs::directory_iterator it(dir, error), end; !error && it != end; it.increment(error)) {
     std::string name = it->path().filename().string();
@@ -387,6 +386,13 @@ NativeCheckpoint read_directory(const fs::path& dir) {
   }
   if (!present.empty())
     errors.fail("unexpected shard file {} in a checkpoint of {} shards", *present.begin(), shards);
+  return expected;
+}
+
+NativeCheckpoint read_directory(const fs::path& dir) {
+  const FileErrors errors(dir);
+  // Check the whole set before reading gigabytes of it.
+  const std::vector<std::string> expected = directory_shards(dir);
 
   NativeCheckpoint checkpoint;
   std::map<std::string, std::string> holder;  // tensor name -> shard
@@ -451,10 +457,22 @@ NativeCheckpoint read_native_checkpoint(const fs::path& path) {
   fail("{}: not a regular file or directory", path.string());
 }
 
+std::vector<fs::path> native_checkpoint_files(const fs::path& path) {
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (fs::is_regular_file(status)) return {path};
+  if (!fs::exists(status))
+    fail("{}: {}", path.string(), error ? error.message() : "no such file or directory");
+  if (!fs::is_directory(status)) fail("{}: not a regular file or directory", path.string());
+  std::vector<fs::path> files;
+  for (const std::string& name : directory_shards(path)) files.push_back(path / name);
+  return files;
+}
+
 bool is_native_checkpoint(const fs::path& path) {
   std::error_code error;
   const fs::file_status status = fs::status(path, error);
-  if (fs::is_regular_file(status)) return hdf5::starts_with_hdf5_signature(path);
+  if (fs::is_regular_file(status)) return looks_like_checkpoint_file(path);
   if (!fs::is_directory(status)) return false;
   if (fs::is_regular_file(path / kCompleteMarker, error)) return true;
   for (fs::directory_iterator it(path, error), end; !error && it != end; it.increment(error))

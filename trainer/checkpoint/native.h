@@ -13,6 +13,7 @@
 // a directory is assembled under a temporary name and renamed.
 #pragma once
 #include <filesystem>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -34,7 +35,11 @@ void write_native_checkpoint_directory(const std::filesystem::path& dir,
 // Accepts a file or a directory. Errors (not HDF5, wrong format attribute, newer version,
 // truncated file, missing shards) throw dj::Error naming the file.
 NativeCheckpoint read_native_checkpoint(const std::filesystem::path& path);
-// True for an HDF5 file (by signature) or a directory holding native shards.
+// The files of the checkpoint at `path`: itself, or a directory's shards (after checking its
+// marker and that no shard is missing or extra). Reads no HDF5.
+std::vector<std::filesystem::path> native_checkpoint_files(const std::filesystem::path& path);
+// True for a file that starts like a checkpoint file (checksum.h) or a directory holding native
+// shards.
 bool is_native_checkpoint(const std::filesystem::path& path);
 
 }  // namespace dj

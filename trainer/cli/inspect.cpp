@@ -1,23 +1,123 @@
 // dijiang inspect --model PATH: config, parameter count and stored dtypes of a model.
+// dijiang inspect --verify PATH: whether a checkpoint (or each checkpoint in a directory) is
+// complete and its files match their checksums, without loading it.
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <map>
+#include <string>
+#include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "kernels/core/error.h"
+#include "trainer/checkpoint/verify.h"
 #include "trainer/cli/commands.h"
 #include "trainer/model/gpt_neox.h"
 #include "trainer/model/source.h"
 
 namespace dj::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The checkpoints `--verify PATH` checks: PATH itself if it is one, otherwise every checkpoint
+// directly inside it (a training run's directory), in name order.
+std::vector<fs::path> checkpoints_to_verify(const fs::path& path) {
+  std::error_code error;
+  if (!fs::exists(path, error)) fail("{}: no such file or directory", path.string());
+  if (is_checkpoint(path)) return {path};
+  if (!fs::is_directory(path, error))
+    fail("{}: not a checkpoint (its start is neither a checksum header nor the HDF5 signature)", path.string());
+  std::vector<fs::path> found;
+  for (fs::directory_iterator it(path, error), end; !error && it != end; it.increment(error)) {
+    // Hidden entries are staging directories and temporary files of saves in progress.
+    if (it->path().filename().string().starts_with('.')) continue;
+    if (is_checkpoint(it->path())) found.push_back(it->path());
+  }
+  if (error) fail("{}: cannot list it: {}", path.string(), error.message());
+  if (found.empty()) fail("{}: holds no checkpoint", path.string());
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+std::string bytes_text(uint64_t bytes) {
+  if (bytes >= (uint64_t{1} << 30)) return fmt::format("{:.2f} GiB", static_cast<double>(bytes) / (1 << 30));
+  if (bytes >= (uint64_t{1} << 20)) return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
+  return fmt::format("{} bytes", bytes);
+}
+
+// Prints one line (or, with --json, one object) per checkpoint and fails if any is damaged.
+void verify(const fs::path& path, bool json) {
+  nlohmann::json report = nlohmann::json::array();
+  int damaged = 0, unverified = 0;
+  const std::vector<fs::path> checkpoints = checkpoints_to_verify(path);
+  for (const fs::path& checkpoint : checkpoints) {
+    nlohmann::json entry = {{"path", checkpoint.string()}};
+    try {
+      const std::vector<VerifiedFile> files = verify_checkpoint(checkpoint);
+      uint64_t bytes = 0;
+      int unsealed = 0;
+      nlohmann::json listed = nlohmann::json::array();
+      for (const VerifiedFile& file : files) {
+        bytes += file.checksum.bytes;
+        unsealed += file.checksum.sealed ? 0 : 1;
+        listed.push_back({{"path", file.path.string()},
+                          {"bytes", file.checksum.bytes},
+                          {"xxh3_128", file.checksum.sealed ? nlohmann::json(file.checksum.digest) : nlohmann::json()}});
+      }
+      unverified += unsealed > 0 ? 1 : 0;
+      entry["status"] = unsealed > 0 ? "unverified" : "intact";
+      entry["bytes"] = bytes;
+      entry["files"] = listed;
+      if (!json)
+        std::printf("%-10s %s  (%zu file%s, %s%s)\n", unsealed > 0 ? "unverified" : "intact", checkpoint.c_str(),
+                    files.size(), files.size() == 1 ? "" : "s", bytes_text(bytes).c_str(),
+                    unsealed > 0 ? fmt::format("; {} without a checksum", unsealed).c_str() : "");
+    } catch (const Error& e) {
+      ++damaged;
+      entry["status"] = "damaged";
+      entry["error"] = e.what();
+      // The reason starts with the file it concerns, which is the checkpoint itself or one of its files.
+      std::string_view reason = e.what();
+      const std::string prefix = checkpoint.string() + ": ";
+      if (reason.starts_with(prefix)) reason.remove_prefix(prefix.size());
+      if (!json) std::printf("%-10s %s  (%.*s)\n", "damaged", checkpoint.c_str(), static_cast<int>(reason.size()), reason.data());
+    }
+    report.push_back(entry);
+  }
+  const auto count = static_cast<int>(checkpoints.size());
+  if (json)
+    std::printf("%s\n", nlohmann::json{{"checkpoints", report},
+                                       {"intact", count - damaged - unverified},
+                                       {"unverified", unverified},
+                                       {"damaged", damaged}}
+                            .dump()
+                            .c_str());
+  std::fflush(stdout);
+  if (damaged > 0)
+    fail("{} of {} checkpoint{} damaged", damaged, count, count == 1 ? " is" : "s are");
+}
+
+}  // namespace
 
 void register_inspect(CLI::App& app) {
-  auto* cmd = app.add_subcommand("inspect", "show a model's config, parameter count and dtypes");
+  auto* cmd = app.add_subcommand(
+      "inspect", "show a model's config, parameter count and dtypes, or verify checkpoints' checksums");
   auto path = std::make_shared<std::string>();
+  auto verify_path = std::make_shared<std::string>();
   auto json = std::make_shared<bool>(false);
-  cmd->add_option("--model", *path, "Hugging Face directory or native checkpoint")->required();
+  auto* model_option = cmd->add_option("--model", *path, "Hugging Face directory or native checkpoint");
+  auto* verify_option = cmd->add_option(
+      "--verify", *verify_path,
+      "check that a checkpoint (file or directory), or every checkpoint in a training directory, is complete and "
+      "matches its checksums, without loading it; exits 1 if any is damaged");
+  model_option->excludes(verify_option);
   cmd->add_flag("--json", *json, "print one JSON object");
-  cmd->callback([path, json] {
+  cmd->callback([path, verify_path, json, model_option, verify_option] {
+    if (verify_option->count() > 0) return verify(*verify_path, *json);
+    if (model_option->count() == 0) fail("inspect needs --model PATH or --verify PATH");
     ModelSource source = read_model_source(*path);
     // Loading into a model validates every tensor name and shape against the config.
     GPTNeoX<float> model(source.config);

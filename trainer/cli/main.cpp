@@ -3,6 +3,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <csignal>
 #include <cstdio>
 #include <exception>
 #include <new>
@@ -13,6 +14,9 @@
 #include "trainer/cli/commands.h"
 
 int main(int argc, char** argv) {
+  // A file size limit (ulimit -f) should fail the write that exceeds it (EFBIG), which is reported
+  // like any other write error, instead of killing the process with SIGXFSZ.
+  std::signal(SIGXFSZ, SIG_IGN);
   // Logs go to stderr so that --json output on stdout stays machine-readable.
   spdlog::set_default_logger(spdlog::stderr_color_mt("dijiang"));
   spdlog::set_pattern("[%H:%M:%S] %^%l%$ %v");

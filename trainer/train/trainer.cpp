@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <chrono>
@@ -11,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <regex>
 #include <sstream>
 
@@ -24,6 +26,7 @@
 #include "trainer/checkpoint/atomic_write.h"
 #include "trainer/checkpoint/flat_checkpoint.h"
 #include "trainer/checkpoint/native.h"
+#include "trainer/checkpoint/verify.h"
 #include "trainer/data/token_stream.h"
 #include "trainer/model/dijiang_tensors.h"
 #include "trainer/model/evaluate.h"
@@ -113,7 +116,7 @@ class Run {
     if (rank_ == 0) fs::create_directories(e_.out_dir);
     fs::path from;
     if (resume) {
-      from = latest_checkpoint(e_.out_dir);
+      from = resume_checkpoint(e_.out_dir);
       if (from.empty() && rank_ == 0)
         spdlog::warn("--resume: no checkpoint in {}; starting from {}", e_.out_dir, e_.model_source);
     }
@@ -462,7 +465,20 @@ class Run {
     } catch (const Error& e) {
       error = e.what();
     }
-    comm_.agree(error);
+    try {
+      comm_.agree(error);
+    } catch (...) {
+      // A rank could not write its file (a full disk, say): the previous checkpoint stays the
+      // newest, and the partial one goes.
+      if (rank_ == 0) {
+        try {
+          clear_flat_staging_dir(staging);
+        } catch (const Error& e) {
+          spdlog::warn("{}", e.what());
+        }
+      }
+      throw;
+    }
     if (rank_ == 0) {
       try {
         finish_flat_checkpoint(staging, path, world_);
@@ -610,14 +626,42 @@ class Run {
 
 }  // namespace
 
-fs::path latest_checkpoint(const fs::path& out_dir) {
+namespace {
+
+// The checkpoints of a training directory, newest first.
+std::vector<fs::path> checkpoints_newest_first(const fs::path& out_dir) {
+  std::vector<fs::path> found;
   std::error_code error;
-  fs::path latest;
-  if (!fs::is_directory(out_dir, error)) return latest;
+  if (!fs::is_directory(out_dir, error)) return found;
   for (const auto& entry : fs::directory_iterator(out_dir, error))
-    if (std::regex_match(entry.path().filename().string(), kCheckpointName) && entry.path() > latest)
-      latest = entry.path();
-  return latest;
+    if (std::regex_match(entry.path().filename().string(), kCheckpointName)) found.push_back(entry.path());
+  std::sort(found.begin(), found.end(), std::greater<>());
+  return found;
+}
+
+}  // namespace
+
+fs::path latest_checkpoint(const fs::path& out_dir) {
+  const std::vector<fs::path> found = checkpoints_newest_first(out_dir);
+  return found.empty() ? fs::path() : found.front();
+}
+
+fs::path resume_checkpoint(const fs::path& out_dir) {
+  const std::vector<fs::path> found = checkpoints_newest_first(out_dir);
+  std::string newest_reason;
+  for (const fs::path& candidate : found) {
+    try {
+      verify_checkpoint(candidate);
+      return candidate;
+    } catch (const Error& e) {
+      spdlog::warn("--resume: passing over a damaged checkpoint: {}", e.what());
+      if (newest_reason.empty()) newest_reason = e.what();
+    }
+  }
+  if (!found.empty())
+    fail("--resume: none of the {} checkpoints in {} is intact (the newest: {})", found.size(), out_dir.string(),
+         newest_reason);
+  return {};
 }
 
 TrainOutcome train(const Experiment& experiment, bool resume, int64_t stop_after, comm::Communicator* comm) {

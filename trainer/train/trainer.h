@@ -20,8 +20,8 @@ struct TrainOutcome {
 // Checkpoints of one process are `<out_dir>/ckpt-<step>.h5`: the model tensors, the AdamW moments
 // (`optimizer.m.<name>`, `optimizer.v.<name>`), and metadata with the step, the data cursor and
 // the resolved experiment. Several ranks write `<out_dir>/ckpt-<step>/`, a flat checkpoint with
-// one file per rank (flat_checkpoint.h). `resume` continues from the newest one in out_dir, on any
-// number of ranks. `stop_after` > 0 ends this run (with a checkpoint) after that many steps, for
+// one file per rank (flat_checkpoint.h). `resume` continues from the newest intact one in
+// out_dir (resume_checkpoint), on any number of ranks. `stop_after` > 0 ends this run (with a checkpoint) after that many steps, for
 // jobs with a time limit. `comm` is the job's communicator (null: this process alone); every rank
 // calls train() with the same experiment.
 TrainOutcome train(const Experiment& experiment, bool resume, int64_t stop_after = 0,
@@ -29,5 +29,11 @@ TrainOutcome train(const Experiment& experiment, bool resume, int64_t stop_after
 
 // The newest checkpoint in a training directory (empty if there is none).
 std::filesystem::path latest_checkpoint(const std::filesystem::path& out_dir);
+
+// The checkpoint `--resume` continues from: the newest one in `out_dir` whose files are complete
+// and match their checksums (verify_checkpoint). Each damaged one passed over is logged as a
+// warning with the reason; if there are checkpoints but none is intact, throws dj::Error rather
+// than starting over. Empty if the directory holds no checkpoint.
+std::filesystem::path resume_checkpoint(const std::filesystem::path& out_dir);
 
 }  // namespace dj
