@@ -33,6 +33,14 @@ constexpr int64_t kColumnChunk = 64;
 // Elementwise work below this many values is not worth waking the thread team for.
 constexpr int64_t kParallelThreshold = 1 << 15;
 
+#ifndef DIJIANG_NO_BLAS
+// The blocks a product is cut into (see gemm): at most 6 (an even share for 1, 2, 3 and 6
+// threads), each at least 64 wide, with boundaries on multiples of 16.
+constexpr int64_t kMaxGemmBlocks = 6;
+constexpr int64_t kMinGemmBlock = 64;
+constexpr int64_t kGemmAlign = 16;
+#endif
+
 #ifdef DIJIANG_NO_BLAS
 // Fallback blocks: a kBlockK x kBlockN panel of op(B) (1 MiB in double) is packed row-major once
 // and then streamed by every row of C, so the inner loop is a contiguous axpy the compiler
@@ -117,10 +125,37 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
   const int ldb = std::max(1, trans_b ? k : n);
   const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
   const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
-  if constexpr (std::is_same_v<T, float>)
-    cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, n);
-  else
-    cblas_dgemm(CblasRowMajor, ta, tb, m, n, k, alpha, A, lda, B, ldb, beta, C, n);
+  // The same bits for any thread count. OpenBLAS cuts a product among its threads differently
+  // for each thread count, and computes the cut edges with other micro-kernels, so a product on
+  // 1, 2 and 3 threads differs in the last bits (every shape of the model did). Instead, C is cut
+  // here along its larger dimension into blocks decided by the shape alone, each one
+  // single-threaded OpenBLAS call (OpenBLAS's OpenMP build runs single-threaded inside an active
+  // OpenMP region), and the blocks are shared among the threads.
+  const bool split_rows = M >= N;
+  const int64_t dim = split_rows ? M : N;
+  const int64_t blocks = std::clamp<int64_t>(dim / kMinGemmBlock, 1, kMaxGemmBlocks);
+#pragma omp parallel for schedule(static)
+  for (int64_t block = 0; block < blocks; ++block) {
+    // Boundaries on multiples of the micro-kernels' widest tile where the shape allows it.
+    const int64_t lo = block == 0 ? 0 : dim * block / blocks / kGemmAlign * kGemmAlign;
+    const int64_t hi = block == blocks - 1 ? dim : dim * (block + 1) / blocks / kGemmAlign * kGemmAlign;
+    const int count = static_cast<int>(hi - lo);
+    if (split_rows) {
+      // Rows lo..hi of op(A) and C.
+      const T* a = trans_a ? A + lo : A + lo * lda;
+      if constexpr (std::is_same_v<T, float>)
+        cblas_sgemm(CblasRowMajor, ta, tb, count, n, k, alpha, a, lda, B, ldb, beta, C + lo * N, n);
+      else
+        cblas_dgemm(CblasRowMajor, ta, tb, count, n, k, alpha, a, lda, B, ldb, beta, C + lo * N, n);
+    } else {
+      // Columns lo..hi of op(B) and C.
+      const T* b = trans_b ? B + lo * ldb : B + lo;
+      if constexpr (std::is_same_v<T, float>)
+        cblas_sgemm(CblasRowMajor, ta, tb, m, count, k, alpha, A, lda, b, ldb, beta, C + lo, n);
+      else
+        cblas_dgemm(CblasRowMajor, ta, tb, m, count, k, alpha, A, lda, b, ldb, beta, C + lo, n);
+    }
+  }
 #endif
 }
 

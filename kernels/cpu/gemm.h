@@ -4,7 +4,9 @@
 
 namespace dj::cpu {
 
-// C[M,N] = alpha * op(A) * op(B) + beta * C, op(A) is [M,K], op(B) is [K,N].
+// C[M,N] = alpha * op(A) * op(B) + beta * C, op(A) is [M,K], op(B) is [K,N]. The result is the
+// same to the bit for any OpenMP thread count (the product is cut into blocks decided by its shape,
+// each a single-threaded BLAS call).
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           const T* B, T beta, T* C);
