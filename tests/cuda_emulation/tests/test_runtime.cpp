@@ -296,9 +296,12 @@ TEST(Faults, WriteIntoTheCanaryNamesTheKernel) {
   EXPECT_DEATH(overrun(31, 1), "kernel overrun_kernel: the 124-byte allocation at .* was written past its end");
 }
 
+// Launched with 256 bytes of dynamic shared memory: every thread writes just past them, into the
+// guard page, whichever thread runs first. (Strides of a page would send later threads past the
+// guard page, to whatever is mapped there.)
 __global__ void shared_overrun_kernel(float* out) {
   DJ_DYNAMIC_SHARED(smem);
-  reinterpret_cast<float*>(smem)[threadIdx.x * 1024] = 1.0f;
+  reinterpret_cast<float*>(smem)[64 + threadIdx.x] = 1.0f;
   out[0] = 0.0f;
 }
 
