@@ -138,12 +138,14 @@ class AddedTokenMatcher {
   void add(std::string_view content, int32_t id) {
     size_t node = 0;
     for (const char c : content) {
-      int32_t& child = nodes_[node].children[static_cast<unsigned char>(c)];
-      if (child < 0) {
-        child = static_cast<int32_t>(nodes_.size());
+      const auto byte = static_cast<unsigned char>(c);
+      if (nodes_[node].children[byte] < 0) {
+        // Index, not reference: emplace_back may move the nodes.
+        const auto added = static_cast<int32_t>(nodes_.size());
         nodes_.emplace_back();
+        nodes_[node].children[byte] = added;
       }
-      node = static_cast<size_t>(child);
+      node = static_cast<size_t>(nodes_[node].children[byte]);
     }
     nodes_[node].id = id;
   }
