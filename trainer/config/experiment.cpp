@@ -279,20 +279,24 @@ Experiment load_experiment(const std::filesystem::path& path, const std::vector<
 
 namespace {
 
-// Keys in schema order, nested by section, for emitting.
+// Keys in schema order, nested by section, for emitting. (Children hold their own names: a
+// vector of pairs with the incomplete type inside is not valid C++, and libc++/clang reject it.)
 struct YamlTree {
-  std::vector<std::pair<std::string, YamlTree>> children;
+  std::string name;
+  std::vector<YamlTree> children;
   YAML::Node value;
 
-  YamlTree& child(const std::string& name) {
-    for (auto& [key, tree] : children)
-      if (key == name) return tree;
-    return children.emplace_back(name, YamlTree{}).second;
+  YamlTree& child(const std::string& key) {
+    for (YamlTree& tree : children)
+      if (tree.name == key) return tree;
+    YamlTree& added = children.emplace_back();
+    added.name = key;
+    return added;
   }
   void emit(YAML::Emitter& out) const {
     out << YAML::BeginMap;
-    for (const auto& [key, tree] : children) {
-      out << YAML::Key << key << YAML::Value;
+    for (const YamlTree& tree : children) {
+      out << YAML::Key << tree.name << YAML::Value;
       if (tree.children.empty())
         out << tree.value;
       else

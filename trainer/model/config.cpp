@@ -44,9 +44,11 @@ void parse_attention(const nlohmann::json& json, const std::string& source, Mode
   if (!options.is_object()) fail("{}: 'dijiang' must be an object", source);
   static const char* const kKeys[] = {"sampling", "seed", "feature_weights", "learnable_decay",
                                       "group_norm_per_head", "chunk", "form"};
-  for (const auto& [key, value] : options.items())
+  for (const auto& item : options.items()) {
+    const std::string& key = item.key();
     if (std::find_if(std::begin(kKeys), std::end(kKeys), [&](const char* k) { return key == k; }) == std::end(kKeys))
       fail("{}: unknown key 'dijiang.{}'", source, key);
+  }
   DiJiangOptions& o = c.dijiang;
   o.sampling = field<std::string>(options, "sampling", source, o.sampling, false);
   o.seed = field<uint64_t>(options, "seed", source, o.seed, false);
