@@ -26,6 +26,7 @@ dijiang_sanitize_build "fuzz_$TARGET"
 corpus="$FUZZ_BUILD_DIR/corpus/$TARGET" findings="$FUZZ_BUILD_DIR/findings/$TARGET"
 mkdir -p "$corpus" "$findings"
 cd "$findings"
+LSAN_OPTIONS="suppressions=$ROOT/tests/fuzz/lsan_suppressions.txt" \
 ASAN_OPTIONS="${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=1}" \
 UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}" \
   "$FUZZ_BUILD_DIR/fuzz/fuzz_$TARGET" -max_total_time="$SECONDS_TO_RUN" -max_len=8388608 -timeout=10 \

@@ -20,7 +20,7 @@ dijiang_sanitize_build() {
     -DDIJIANG_WERROR="$werror" >/dev/null
   local targets=("$@")
   if [ ${#targets[@]} -eq 0 ]; then
-    targets=(dijiang_tests)
+    targets=(dijiang_tests dijiang_gemm_no_blas_tests)
     for target in $(bash "$DIJIANG_ROOT/launch/fuzz.sh" --list); do targets+=("fuzz_$target"); done
   fi
   cmake --build "$FUZZ_BUILD_DIR" --parallel "$(nproc)" --target "${targets[@]}"

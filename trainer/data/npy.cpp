@@ -1,6 +1,7 @@
 #include "trainer/data/npy.h"
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <fstream>
 #include <regex>
@@ -33,7 +34,10 @@ Header parse_header(const std::string& text, const std::string& file) {
   const char order = m[1].str()[0];
   Header h;
   h.kind = m[2].str()[0];
-  h.size = std::stoi(m[3].str());
+  // Any run of digits matches: a size that does not fit an int is no integer dtype either.
+  const std::string digits = m[3].str();
+  if (std::from_chars(digits.data(), digits.data() + digits.size(), h.size).ec != std::errc())
+    h.size = 0;
   const bool multibyte = h.size > 1;
   if (order == '>' && multibyte) fail("{}: big-endian .npy arrays are not supported", file);
   if ((h.kind != 'u' && h.kind != 'i') || (h.size != 1 && h.size != 2 && h.size != 4 && h.size != 8))
