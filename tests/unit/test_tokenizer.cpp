@@ -152,6 +152,18 @@ TEST(TokenizerNpy, WritesNarrowOrWideIdsThatReadBack) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("is not an integer type"), std::string::npos) << e.what();
   }
+  // A length the file cannot hold is refused before anything is allocated (found by fuzzing: the
+  // reader allocated what the header promised).
+  const std::string huge = "{'descr': '<u8', 'fortran_order': False, 'shape': (300000000000,), }    \n";
+  std::ofstream(dir / "dijiang_tokens_huge.npy", std::ios::binary)
+      << std::string("\x93NUMPY\x01\x00", 8) << static_cast<char>(huge.size()) << '\0' << huge << "12345678";
+  try {
+    read_npy_tokens(dir / "dijiang_tokens_huge.npy");
+    FAIL() << "a length beyond the file was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("truncated: the header promises 300000000000 elements"), std::string::npos)
+        << e.what();
+  }
 }
 
 }  // namespace

@@ -89,6 +89,12 @@ std::vector<int32_t> read_npy_tokens(const std::filesystem::path& path) {
   const Header h = parse_header(text, file);
 
   const uint64_t bytes = static_cast<uint64_t>(h.length) * static_cast<uint64_t>(h.size);
+  // Checked against the file before anything is allocated: a header can promise any length.
+  std::error_code error;
+  const uint64_t file_bytes = std::filesystem::file_size(path, error);
+  const auto data_start = static_cast<uint64_t>(in.tellg());
+  if (error || file_bytes < data_start || file_bytes - data_start < bytes)
+    fail("{}: truncated: the header promises {} elements ({} bytes)", file, h.length, bytes);
   std::vector<unsigned char> raw(bytes);
   if (!in.read(reinterpret_cast<char*>(raw.data()), static_cast<std::streamsize>(bytes)))
     fail("{}: truncated: the header promises {} elements ({} bytes)", file, h.length, bytes);
