@@ -7,6 +7,16 @@ expect_failure "no such file or directory" "$DIJIANG" eval --model "$WORK/absent
 expect_failure "--seq-len" "$DIJIANG" eval --model "$MODEL" --tokens "$TOKENS" --seq-len 1
 expect_failure "The following argument was not expected: --bogus" "$DIJIANG" eval --model "$MODEL" --tokens "$TOKENS" --seq-len 8 --bogus
 expect_failure "eval needs --tokens FILE.npy or --text FILE" "$DIJIANG" eval --model "$MODEL" --seq-len 8
+expect_failure "--dijiang-form: 'diagonal' is not parallel, chunkwise or recurrent" \
+  "$DIJIANG" eval --model "$MODEL" --tokens "$TOKENS" --seq-len 8 --dijiang-form diagonal
+expect_failure "--precision: 'fp16' is not f64, f32 or bf16" "$DIJIANG" eval --model "$MODEL" --tokens "$TOKENS" --seq-len 8 --precision fp16
+expect_failure "train needs an experiment" "$DIJIANG" train
+
+# Every experiment key describes itself, in --list-keys and in train --help.
+keys="$("$DIJIANG" train --list-keys)"
+grep -q "^model.dijiang.form  *parallel | chunkwise | recurrent, default chunkwise$" <<<"$keys" || die "--list-keys: $keys"
+[ "$(grep -c '^[a-z]' <<<"$keys")" -eq 36 ] || die "--list-keys does not list 36 keys"
+"$DIJIANG" train --help | grep -q "^distributed.zero_stage  *integer, default 0$" || die "train --help lists no keys"
 
 # Truncated weights.
 mkdir -p "$WORK/truncated"

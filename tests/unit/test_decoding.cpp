@@ -35,7 +35,7 @@ std::vector<Case> cases() {
   for (const std::string form : {"chunkwise", "parallel", "recurrent"}) {
     ModelConfig c = test::tiny_config(true, "gelu");
     c.attention = AttentionKind::DiJiang;
-    c.dijiang.form = form;
+    c.dijiang.form = parse_choice<cpu::DecayForm>(form, "form", "test");
     c.dijiang.chunk = 4;  // prompts of 7 tokens: a full chunk and a short one
     out.push_back({"dijiang_" + form, c});
   }
@@ -98,7 +98,7 @@ TEST(Decoding, GreedyEqualsTheArgmaxOfTheFullForwardAtEveryStep) {
     GPTNeoX<double> probe(c.config);
     const std::vector<double> params = random_parameters(probe, 5);
     ModelConfig reference_config = c.config;
-    if (reference_config.is_dijiang()) reference_config.dijiang.form = "parallel";
+    if (reference_config.is_dijiang()) reference_config.dijiang.form = cpu::DecayForm::Parallel;
     GPTNeoX<double> reference(reference_config);
     reference.parameters() = params;
     ModelSource source = source_of(c.config, params);

@@ -19,7 +19,7 @@ namespace {
 ModelConfig tiny_dijiang(const std::string& form) {
   ModelConfig c = test::tiny_config(true, "gelu");
   c.attention = AttentionKind::DiJiang;
-  c.dijiang.form = form;
+  c.dijiang.form = parse_choice<cpu::DecayForm>(form, "form", "test");
   c.dijiang.chunk = 4;  // sequences of 9 tokens: two full chunks and a short one
   return c;
 }
@@ -90,7 +90,7 @@ TEST(DiJiangModel, QmcPointsAreAStratifiedPermutationAndDeterministic) {
   std::sort(t.begin(), t.end());
   for (int64_t i = 0; i < d; ++i)
     EXPECT_NEAR(t[static_cast<size_t>(i)], inverse_normal_cdf((static_cast<double>(i) + 0.5) / d), 1e-15);
-  o.sampling = "mc";
+  o.sampling = FeatureSampling::MC;
   const std::vector<double> mc = sample_feature_scales(o, d, 2);
   EXPECT_EQ(mc, sample_feature_scales(o, d, 2));
   for (double v : mc) EXPECT_TRUE(std::isfinite(v));
@@ -141,7 +141,7 @@ TEST(DiJiangModel, ConvertedFixtureFloatChunkwiseMatchesFp64Parallel) {
   add_dijiang_tensors(source.tensors, source.config, DType::F32);
   const std::vector<int32_t> ids = read_npy_tokens(test::fixture("neox_parallel/eval_tokens.npy"));
   const EvalResult chunkwise = evaluate_windows<float>(source, ids, 100, 4);
-  source.config.dijiang.form = "parallel";
+  source.config.dijiang.form = cpu::DecayForm::Parallel;
   const EvalResult exact = evaluate_windows<double>(source, ids, 100, 4);
   ASSERT_EQ(chunkwise.predicted, exact.predicted);
   EXPECT_LE(std::abs(chunkwise.loss_sum - exact.loss_sum) / exact.loss_sum, 1e-6);

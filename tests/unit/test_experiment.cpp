@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <sstream>
 
 #include "fixture_paths.h"
 #include "kernels/core/error.h"
@@ -38,7 +39,7 @@ const std::string kGood =
 TEST(Experiment, GoodConfigWithOverrides) {
   const Experiment e = load_experiment(write_yaml("good.yaml", kGood), {"batch.micro_batch=8", "optimizer.lr=1e-3"});
   EXPECT_EQ(e.model_source, "data/tiny-neox");
-  EXPECT_EQ(e.attention, "dijiang");
+  EXPECT_EQ(e.attention, TargetAttention::DiJiang);
   EXPECT_EQ(e.dijiang.seed, 3u);
   EXPECT_EQ(e.dijiang.chunk, 32);
   EXPECT_EQ(e.seq_len, 64);
@@ -97,6 +98,17 @@ TEST(Experiment, BadConfigsGiveClearMessages) {
        "'distributed.zero_stage' must be 0, 1, 2 or 3, got 4"},
       {"timeout", "model: {source: x}\ndata: {train: t.npy}\n", {"distributed.timeout_s=0"},
        "'distributed.timeout_s' must be positive"},
+      {"bad_form", "model: {source: x}\ndata: {train: t.npy}\n", {"model.dijiang.form=diagonal"},
+       "override 'model.dijiang.form=diagonal': 'model.dijiang.form' is 'diagonal', expected one of: parallel, "
+       "chunkwise, recurrent"},
+      {"cpu_only_precision", "model: {source: x}\ndata: {train: t.npy}\nprecision: f64\n", {},
+       "cpu_only_precision.yaml:3: 'precision' is 'f64', expected one of: f32, bf16"},
+      {"choice_not_scalar", "model: {source: x, dijiang: {sampling: [qmc]}}\ndata: {train: t.npy}\n", {},
+       "choice_not_scalar.yaml:1: 'model.dijiang.sampling' must be one of the listed values, got 'a list'"},
+      {"list_as_key", "model:\n  source: x\n  ? [a, b]\n  : 1\ndata: {train: t.npy}\n", {},
+       "list_as_key.yaml:3: a key must be a plain name, got a list in 'model'"},
+      {"mapping_as_key", "model:\n  source: x\n? dijiang:\n    seed: 0\ndata: {train: t.npy}\n", {},
+       "mapping_as_key.yaml:3: a key must be a plain name, got a mapping"},
       {"distributed_key", "model: {source: x}\ndata: {train: t.npy}\ndistributed: {zero: 1}\n", {},
        "unknown key 'distributed.zero' (did you mean 'distributed.zero_stage'?)"},
   };
@@ -110,6 +122,52 @@ TEST(Experiment, BadConfigsGiveClearMessages) {
     }
   }
   EXPECT_THROW(load_experiment("/nonexistent/x.yaml", {}), Error);
+}
+
+// Choices become enumerations when the file is read, and print back as they were spelt.
+TEST(Experiment, ChoicesAreEnumerations) {
+  const Experiment e = load_experiment(write_yaml("choices.yaml", kGood),
+                                       {"model.dijiang.form=recurrent", "model.dijiang.sampling=mc",
+                                        "data.order=pythia", "precision=bf16"});
+  EXPECT_EQ(e.attention, TargetAttention::DiJiang);
+  EXPECT_EQ(e.dijiang.form, cpu::DecayForm::Recurrent);
+  EXPECT_EQ(e.dijiang.sampling, FeatureSampling::MC);
+  EXPECT_EQ(e.order, DataOrder::Pythia);
+  EXPECT_EQ(e.precision, Precision::BF16);
+  const std::string yaml = experiment_to_yaml(e);
+  for (const char* line : {"attention: dijiang", "form: recurrent", "sampling: mc", "order: pythia", "precision: bf16"})
+    EXPECT_NE(yaml.find(line), std::string::npos) << line << " in\n" << yaml;
+  // The resolved YAML reads back to the same experiment.
+  const Experiment again = load_experiment(write_yaml("resolved.yaml", yaml), {});
+  EXPECT_EQ(experiment_to_yaml(again), yaml);
+}
+
+// `train --list-keys`: every key once, with its type or choices, its default (or "required") and
+// an indented line of help.
+TEST(Experiment, KeysDescribeThemselves) {
+  const std::string help = experiment_keys_help();
+  int keys = 0;
+  std::stringstream lines(help);
+  std::string line;
+  while (std::getline(lines, line)) {
+    if (!line.empty() && line[0] != ' ') {
+      ++keys;
+      EXPECT_TRUE(line.find(", default ") != std::string::npos || line.find(", required") != std::string::npos)
+          << line;
+      std::string next;
+      ASSERT_TRUE(std::getline(lines, next)) << line;
+      EXPECT_TRUE(next.starts_with("    ") && next.size() > 12) << "no help under " << line;
+    }
+  }
+  EXPECT_EQ(keys, 36);
+  for (const char* expected :
+       {"model.source                       string, required", "model.dijiang.form                 parallel | chunkwise | "
+                                                               "recurrent, default chunkwise",
+        "precision                          f32 | bf16, default f32", "optimizer.lr                       number, default 0.001",
+        "optimizer.freeze                   list of strings, default []", "seed                               "
+                                                                          "non-negative integer, default 1234",
+        "data.valid                         string, default \"\""})
+    EXPECT_NE(help.find(expected), std::string::npos) << expected << " in\n" << help;
 }
 
 TEST(Experiment, NamePatterns) {

@@ -27,7 +27,7 @@ namespace fs = std::filesystem;
 Experiment tiny_experiment(const fs::path& out, const std::string& attention) {
   Experiment e;
   e.model_source = test::fixture("neox_parallel/f32").string();
-  e.attention = attention;
+  e.attention = parse_choice<TargetAttention>(attention, "attention", "test");
   e.dijiang.chunk = 8;
   e.train_tokens = test::fixture("neox_parallel/eval_tokens.npy").string();
   e.valid_tokens = e.train_tokens;
@@ -154,7 +154,7 @@ TEST(Training, PythiaOrderStreamsAnIndexedDataset) {
   writer.finish();
 
   Experiment streamed = tiny_experiment(root / "streamed", "keep");
-  streamed.order = "pythia";
+  streamed.order = DataOrder::Pythia;
   streamed.steps = 4;
   streamed.train_tokens = (root / "samples").string();
   Experiment in_memory = streamed;
@@ -173,7 +173,7 @@ TEST(Training, PythiaOrderStreamsAnIndexedDataset) {
 
 TEST(Training, PrecisionOtherThanF32NeedsCuda) {
   Experiment e = tiny_experiment(fs::temp_directory_path() / "dijiang-precision", "keep");
-  e.precision = "bf16";
+  e.precision = Precision::BF16;
   request_device("cpu");
   try {
     train(e, false);

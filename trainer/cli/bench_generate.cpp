@@ -34,8 +34,8 @@ namespace dj::cli {
 namespace {
 
 struct BenchGenerateOptions {
-  std::string config = DIJIANG_DATA_DIR "/../configs/models/pythia-70m.json", out = "runs/bench-generate",
-              precision = "f32";
+  std::string config = DIJIANG_DATA_DIR "/../configs/models/pythia-70m.json", out = "runs/bench-generate";
+  Precision precision = Precision::F32;
   std::vector<int64_t> contexts = {256, 1024, 4096, 16384, 32768};
   std::vector<int64_t> batches = {1, 8};
   int64_t steps = 16;
@@ -90,7 +90,7 @@ void bench_generate(const BenchGenerateOptions& o) {
       }
   }
 
-  nlohmann::json report = {{"config", o.config},     {"precision", o.precision}, {"threads", omp_get_max_threads()},
+  nlohmann::json report = {{"config", o.config},     {"precision", choice_name(o.precision)}, {"threads", omp_get_max_threads()},
                            {"steps", o.steps},       {"points", nlohmann::json::array()}};
   for (const Point& p : points)
     report["points"].push_back({{"model", p.model},
@@ -117,7 +117,7 @@ void bench_generate(const BenchGenerateOptions& o) {
   const std::filesystem::path png = std::filesystem::path(o.out) / "generate.png";
   write_line_plot(png,
                   {fmt::format("Decoding {} ({}, {} threads)", std::filesystem::path(o.config).stem().string(),
-                               o.precision, omp_get_max_threads()),
+                               choice_name(o.precision), omp_get_max_threads()),
                    "context length (tokens)", "tokens/s", true, true},
                   series);
   if (o.json) {
@@ -159,8 +159,7 @@ void register_bench_generate(CLI::App& bench) {
   cmd->add_option("--batches", o->batches, "batch sizes (default 1 8)")->check(CLI::Range(int64_t{1}, int64_t{4096}));
   cmd->add_option("--steps", o->steps, "timed steps per point (median reported; default 16)")
       ->check(CLI::Range(int64_t{1}, int64_t{100000}));
-  cmd->add_option("--precision", o->precision, "f32 (default), f64 (on the CPU) or bf16 (on a GPU)")
-      ->check(CLI::IsMember({"f32", "f64", "bf16"}));
+  add_choice(cmd, "--precision", o->precision, "f32 (default), f64 (on the CPU) or bf16 (on a GPU)");
   cmd->add_option("--out", o->out, "directory for generate.json and generate.png");
   cmd->add_flag("--json", o->json, "print the report as one JSON line");
   cmd->callback([o] { bench_generate(*o); });

@@ -8,6 +8,7 @@
 #include "trainer/checkpoint/native.h"
 #include "trainer/cli/commands.h"
 #include "trainer/cli/dtype_option.h"
+#include "trainer/cli/model_options.h"
 #include "trainer/model/source.h"
 
 namespace dj::cli {
@@ -47,12 +48,10 @@ void register_convert(CLI::App& app) {
   ranks->excludes(dtype_flag)->excludes(shards)->excludes(attention);
   const auto dijiang_option = [&](CLI::Option* option) { option->needs(attention); };
   dijiang_option(cmd->add_option("--seed", o->dijiang.seed, "seed of the feature sampling and W_G initialisation"));
-  dijiang_option(cmd->add_option("--sampling", o->dijiang.sampling, "qmc (default) or mc")
-                     ->check(CLI::IsMember({"qmc", "mc"})));
+  dijiang_option(add_choice(cmd, "--sampling", o->dijiang.sampling, "qmc (default) or mc"));
   dijiang_option(cmd->add_option("--chunk", o->dijiang.chunk, "chunk size of the chunkwise form (default 64)")
                      ->check(CLI::Range(int64_t{1}, int64_t{65536})));
-  dijiang_option(cmd->add_option("--form", o->dijiang.form, "parallel, chunkwise (default) or recurrent")
-                     ->check(CLI::IsMember({"parallel", "chunkwise", "recurrent"})));
+  dijiang_option(add_choice(cmd, "--form", o->dijiang.form, "parallel, chunkwise (default) or recurrent"));
   dijiang_option(cmd->add_flag("--feature-weights", o->dijiang.feature_weights, "learned per-head feature weights"));
   dijiang_option(cmd->add_flag("--learnable-decay", o->dijiang.learnable_decay, "train log γ (frozen by default)"));
   dijiang_option(cmd->add_flag("--group-norm-per-head", o->dijiang.group_norm_per_head,

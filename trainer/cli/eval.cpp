@@ -24,7 +24,9 @@ namespace dj::cli {
 
 namespace {
 struct EvalOptions {
-  std::string model, tokens, text, tokenizer, precision = "f32", dijiang_form;
+  std::string model, tokens, text, tokenizer;
+  Precision precision = Precision::F32;
+  cpu::DecayForm dijiang_form = cpu::DecayForm::Chunkwise;
   int64_t seq_len = 0, batch = 8;
   bool json = false;
 };
@@ -41,31 +43,31 @@ void register_eval(CLI::App& app) {
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json for --text (default: the model directory's, else GPT-NeoX's)");
   cmd->add_option("--seq-len", o->seq_len, "window length in tokens")->required()->check(CLI::Range(int64_t{2}, int64_t{1} << 24));
   cmd->add_option("--batch", o->batch, "windows per forward pass")->check(CLI::Range(int64_t{1}, int64_t{1} << 16));
-  cmd->add_option("--precision", o->precision,
-                  "f32 (default), f64 (on the CPU) or bf16 (on a GPU: bf16 activations and products)")
-      ->check(CLI::IsMember({"f32", "f64", "bf16"}));
-  cmd->add_option("--dijiang-form", o->dijiang_form, "DiJiang attention form: parallel, chunkwise or recurrent (default: the model's)")
-      ->check(CLI::IsMember({"parallel", "chunkwise", "recurrent"}));
+  add_choice(cmd, "--precision", o->precision,
+             "f32 (default), f64 (on the CPU) or bf16 (on a GPU: bf16 activations and products)");
+  auto* form = add_choice(cmd, "--dijiang-form", o->dijiang_form,
+                          "DiJiang attention form: parallel, chunkwise or recurrent (default: the model's)");
   cmd->add_flag("--json", o->json, "print one JSON line {\"tokens\", \"loss\", \"ppl\"}");
-  cmd->callback([o] {
+  cmd->callback([o, form] {
     if (o->tokens.empty() && o->text.empty()) fail("eval needs --tokens FILE.npy or --text FILE");
     const std::vector<int32_t> ids = o->text.empty() ? read_token_stream(o->tokens)
                                                       : encode_text_file(Tokenizer::from_file(tokenizer_for(o->model, o->tokenizer)), o->text);
     ModelSource source = read_model_source(o->model);
-    if (!o->dijiang_form.empty()) {
+    if (form->count() > 0) {
       if (!source.config.is_dijiang()) fail("--dijiang-form applies to DiJiang models; {} has softmax attention", o->model);
       source.config.dijiang.form = o->dijiang_form;
     }
     // f64 is the CPU's reference precision; the others run on the GPU when there is one.
-    const BackendInfo backend = o->precision == "f64" ? BackendInfo{Backend::CPU, cpu_description()} : select_backend();
-    if (o->precision == "bf16" && backend.backend != Backend::CUDA)
+    const BackendInfo backend =
+        o->precision == Precision::F64 ? BackendInfo{Backend::CPU, cpu_description()} : select_backend();
+    if (o->precision == Precision::BF16 && backend.backend != Backend::CUDA)
       fail("--precision bf16 needs a CUDA device; the CPU evaluates in f32 or f64");
     spdlog::info("evaluating on {}", backend.description);
     const auto start = std::chrono::steady_clock::now();
     EvalResult r;
     if (backend.backend == Backend::CUDA)
       r = gpu::evaluate(std::move(source), ids, o->seq_len, o->batch, o->precision);
-    else if (o->precision == "f64")
+    else if (o->precision == Precision::F64)
       r = evaluate_windows<double>(std::move(source), ids, o->seq_len, o->batch);
     else
       r = evaluate_windows<float>(std::move(source), ids, o->seq_len, o->batch);

@@ -20,7 +20,8 @@ namespace dj::cli {
 namespace {
 
 struct EvalTasksOptions {
-  std::string model, tokenizer, precision = "f32";
+  std::string model, tokenizer;
+  Precision precision = Precision::F32;
   std::vector<std::string> tasks;
   int64_t limit = 0;
   bool json = false;
@@ -102,8 +103,7 @@ void register_eval_tasks(CLI::App& app) {
                 "print one JSON line {\"tasks\": {NAME: {\"n\", \"acc\", \"acc_stderr\", \"acc_norm\", \"acc_norm_stderr\"}}} "
                 "(cloze tasks: n, acc, perplexity)");
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the model directory's, else GPT-NeoX's)");
-  cmd->add_option("--precision", o->precision, "f32 (default), f64 (on the CPU) or bf16 (on a GPU)")
-      ->check(CLI::IsMember({"f32", "f64", "bf16"}));
+  add_choice(cmd, "--precision", o->precision, "f32 (default), f64 (on the CPU) or bf16 (on a GPU)");
   cmd->callback([o] { run_eval_tasks(*o); });
 }
 

@@ -23,7 +23,8 @@ namespace dj::cli {
 namespace {
 
 struct GenerateOptions {
-  std::string model, prompt, prompt_tokens, tokenizer, precision = "f32";
+  std::string model, prompt, prompt_tokens, tokenizer;
+  Precision precision = Precision::F32;
   int64_t max_new_tokens = 64;
   SamplingOptions sampling;
   bool stop_at_eos = false, json = false, greedy = false;
@@ -124,8 +125,7 @@ void register_generate(CLI::App& app) {
   cmd->add_flag("--json", o->json,
                 "print one JSON line {\"prompt_tokens\", \"tokens\", \"text\", \"tokens_per_s\"} instead of streaming text");
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json (default: the model directory's, else GPT-NeoX's)");
-  cmd->add_option("--precision", o->precision, "f32 (default), f64 (on the CPU) or bf16 (on a GPU)")
-      ->check(CLI::IsMember({"f32", "f64", "bf16"}));
+  add_choice(cmd, "--precision", o->precision, "f32 (default), f64 (on the CPU) or bf16 (on a GPU)");
   cmd->callback([o, text, tokens, temperature, top_k, top_p] {
     if (text->count() == 0 && tokens->count() == 0) fail("generate needs --prompt TEXT or --prompt-tokens FILE.npy");
     o->sampling.greedy = temperature->count() == 0 && top_k->count() == 0 && top_p->count() == 0;

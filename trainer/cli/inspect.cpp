@@ -153,7 +153,8 @@ void register_inspect(CLI::App& app) {
                 c.rotary_emb_base, static_cast<long long>(c.max_position_embeddings));
     if (c.is_dijiang())
       std::printf("  attention DiJiang: sampling %s (seed %llu), form %s (chunk %lld), GroupNorm over %lld groups%s%s\n",
-                  c.dijiang.sampling.c_str(), static_cast<unsigned long long>(c.dijiang.seed), c.dijiang.form.c_str(),
+                  choice_name(c.dijiang.sampling).data(), static_cast<unsigned long long>(c.dijiang.seed),
+                  choice_name(c.dijiang.form).data(),
                   static_cast<long long>(c.dijiang.chunk), static_cast<long long>(c.group_norm_groups()),
                   c.dijiang.feature_weights ? ", learned feature weights" : "",
                   c.dijiang.learnable_decay ? ", learnable decay" : "");

@@ -31,9 +31,10 @@ void check_vocabulary(const std::vector<int32_t>& ids, const ModelConfig& config
            tokenizer.empty() ? "" : fmt::format(": is {} the model's tokenizer?", tokenizer.string()));
 }
 
-std::unique_ptr<Decoder> open_decoder(ModelSource source, const std::string& precision, const std::string& activity) {
-  const BackendInfo backend = precision == "f64" ? BackendInfo{Backend::CPU, cpu_description()} : select_backend();
-  if (precision == "bf16" && backend.backend != Backend::CUDA)
+std::unique_ptr<Decoder> open_decoder(ModelSource source, Precision precision, const std::string& activity) {
+  const BackendInfo backend =
+      precision == Precision::F64 ? BackendInfo{Backend::CPU, cpu_description()} : select_backend();
+  if (precision == Precision::BF16 && backend.backend != Backend::CUDA)
     fail("--precision bf16 needs a CUDA device; the CPU runs in f32 or f64");
   spdlog::info("{} on {}", activity, backend.description);
   if (backend.backend == Backend::CUDA) return gpu::make_decoder(std::move(source), precision);

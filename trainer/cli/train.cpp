@@ -15,6 +15,7 @@
 #include "trainer/train/memory_plan.h"
 #include "trainer/model/source.h"
 #include "kernels/backend.h"
+#include "kernels/core/error.h"
 
 namespace dj::cli {
 
@@ -25,7 +26,7 @@ namespace {
 void print_plan(const std::string& file, const std::vector<std::string>& overrides, int ranks, double gpu_gib) {
   const Experiment e = load_experiment(file, overrides);
   ModelConfig config = read_model_config(e.model_source);
-  if (e.attention == "dijiang" && !config.is_dijiang()) {
+  if (e.attention == TargetAttention::DiJiang && !config.is_dijiang()) {
     config.attention = AttentionKind::DiJiang;
     config.dijiang = e.dijiang;
   }
@@ -59,7 +60,8 @@ void register_train(CLI::App& app) {
   auto overrides = std::make_shared<std::vector<std::string>>();
   auto resume = std::make_shared<bool>(false);
   auto stop_after = std::make_shared<int64_t>(0);
-  cmd->add_option("config", *config, "experiment YAML")->required();
+  auto list_keys = std::make_shared<bool>(false);
+  cmd->add_option("config", *config, "experiment YAML (its keys: --list-keys, or below)");
   cmd->add_option("overrides", *overrides, "overrides KEY=VALUE (e.g. optimizer.lr=3e-4)");
   cmd->add_flag("--resume", *resume, "continue from the newest checkpoint in checkpoint.dir");
   cmd->add_option("--stop-after", *stop_after, "end this run with a checkpoint after N steps (resume later)")
@@ -75,7 +77,15 @@ void register_train(CLI::App& app) {
                   "with --plan: GiB per GPU (default: device 0's; without a GPU and without this, the plan is the "
                   "CPU's)")
       ->check(CLI::Range(0.1, 1e6));
-  cmd->callback([config, overrides, resume, stop_after, plan, plan_ranks, gpu_memory] {
+  cmd->add_flag("--list-keys", *list_keys,
+                "print every YAML key of an experiment with its type, default, allowed values and help, and exit");
+  cmd->footer("YAML keys of an experiment (also as KEY=VALUE overrides):\n" + experiment_keys_help());
+  cmd->callback([config, overrides, resume, stop_after, plan, plan_ranks, gpu_memory, list_keys] {
+    if (*list_keys) {
+      std::printf("%s", experiment_keys_help().c_str());
+      return;
+    }
+    if (config->empty()) fail("train needs an experiment: dijiang train CONFIG.yaml (its keys: --list-keys)");
     if (*plan) {
       print_plan(*config, *overrides, *plan_ranks, *gpu_memory);
       return;

@@ -13,56 +13,121 @@ namespace dj {
 
 namespace {
 
-enum class Kind { String, Int, UInt, Float, Bool, StringList };
+enum class Kind { String, Int, UInt, Float, Bool, StringList, Choice };
 
+// One YAML key: its dotted path, type, where it lives in Experiment, a one-line help and, for a
+// choice, its spellings (an enumeration of trainer/config/choices.h, converted when the file is read).
 struct Key {
   std::string path;
   Kind kind;
   std::function<void*(Experiment&)> field;
-  std::vector<std::string> choices;  // allowed values of a string key (empty: any)
+  std::string help;
   bool required = false;
+  std::vector<std::string> choices;                                  // Kind::Choice: the allowed spellings
+  std::function<bool(Experiment&, std::string_view)> set_choice;     // false: not one of them
+  std::function<std::string(const Experiment&)> choice_of;           // the spelling of the current value
 };
 
+template <class T>
+Key plain(std::string path, Kind kind, T Experiment::*member, std::string help, bool required = false) {
+  return {std::move(path), kind, [member](Experiment& e) -> void* { return &(e.*member); }, std::move(help), required};
+}
+
+template <class T>
+Key dijiang_key(std::string path, Kind kind, T DiJiangOptions::*member, std::string help) {
+  return {std::move(path), kind, [member](Experiment& e) -> void* { return &(e.dijiang.*member); }, std::move(help)};
+}
+
+// A choice key over enumeration E, limited to `allowed` spellings when given.
+template <class E>
+Key choice(std::string path, std::function<E&(Experiment&)> field, std::string help,
+           std::vector<std::string> allowed = {}) {
+  if (allowed.empty())
+    for (const auto& [value, name] : Choices<E>::values) allowed.emplace_back(name);
+  Key key{std::move(path), Kind::Choice, [field](Experiment& e) -> void* { return &field(e); }, std::move(help)};
+  key.choices = allowed;
+  key.set_choice = [field, allowed](Experiment& e, std::string_view name) {
+    if (std::find(allowed.begin(), allowed.end(), name) == allowed.end()) return false;
+    field(e) = *find_choice<E>(name);
+    return true;
+  };
+  key.choice_of = [field](const Experiment& e) {
+    return std::string(choice_name(field(const_cast<Experiment&>(e))));
+  };
+  return key;
+}
+
 const std::vector<Key>& schema() {
+  using E = Experiment;
+  using D = DiJiangOptions;
   static const std::vector<Key> keys = {
-      {"model.source", Kind::String, [](Experiment& e) -> void* { return &e.model_source; }, {}, true},
-      {"model.attention", Kind::String, [](Experiment& e) -> void* { return &e.attention; }, {"keep", "softmax", "dijiang"}},
-      {"model.dijiang.seed", Kind::UInt, [](Experiment& e) -> void* { return &e.dijiang.seed; }},
-      {"model.dijiang.sampling", Kind::String, [](Experiment& e) -> void* { return &e.dijiang.sampling; }, {"qmc", "mc"}},
-      {"model.dijiang.chunk", Kind::Int, [](Experiment& e) -> void* { return &e.dijiang.chunk; }},
-      {"model.dijiang.form", Kind::String, [](Experiment& e) -> void* { return &e.dijiang.form; },
-       {"parallel", "chunkwise", "recurrent"}},
-      {"model.dijiang.feature_weights", Kind::Bool, [](Experiment& e) -> void* { return &e.dijiang.feature_weights; }},
-      {"model.dijiang.learnable_decay", Kind::Bool, [](Experiment& e) -> void* { return &e.dijiang.learnable_decay; }},
-      {"model.dijiang.group_norm_per_head", Kind::Bool,
-       [](Experiment& e) -> void* { return &e.dijiang.group_norm_per_head; }},
-      {"data.train", Kind::String, [](Experiment& e) -> void* { return &e.train_tokens; }, {}, true},
-      {"data.valid", Kind::String, [](Experiment& e) -> void* { return &e.valid_tokens; }},
-      {"data.seq_len", Kind::Int, [](Experiment& e) -> void* { return &e.seq_len; }},
-      {"data.order", Kind::String, [](Experiment& e) -> void* { return &e.order; }, {"shuffled", "pythia"}},
-      {"batch.micro_batch", Kind::Int, [](Experiment& e) -> void* { return &e.micro_batch; }},
-      {"batch.grad_accum", Kind::Int, [](Experiment& e) -> void* { return &e.grad_accum; }},
-      {"batch.global_tokens", Kind::Int, [](Experiment& e) -> void* { return &e.global_tokens; }},
-      {"precision", Kind::String, [](Experiment& e) -> void* { return &e.precision; }, {"f32", "bf16"}},
-      {"optimizer.lr", Kind::Float, [](Experiment& e) -> void* { return &e.lr; }},
-      {"optimizer.min_lr", Kind::Float, [](Experiment& e) -> void* { return &e.min_lr; }},
-      {"optimizer.beta1", Kind::Float, [](Experiment& e) -> void* { return &e.beta1; }},
-      {"optimizer.beta2", Kind::Float, [](Experiment& e) -> void* { return &e.beta2; }},
-      {"optimizer.eps", Kind::Float, [](Experiment& e) -> void* { return &e.eps; }},
-      {"optimizer.weight_decay", Kind::Float, [](Experiment& e) -> void* { return &e.weight_decay; }},
-      {"optimizer.grad_clip", Kind::Float, [](Experiment& e) -> void* { return &e.grad_clip; }},
-      {"optimizer.freeze", Kind::StringList, [](Experiment& e) -> void* { return &e.freeze; }},
-      {"schedule.steps", Kind::Int, [](Experiment& e) -> void* { return &e.steps; }},
-      {"schedule.warmup", Kind::Int, [](Experiment& e) -> void* { return &e.warmup; }},
-      {"schedule.max_bad_steps", Kind::Int, [](Experiment& e) -> void* { return &e.max_bad_steps; }},
-      {"checkpoint.dir", Kind::String, [](Experiment& e) -> void* { return &e.out_dir; }},
-      {"checkpoint.every", Kind::Int, [](Experiment& e) -> void* { return &e.checkpoint_every; }},
-      {"checkpoint.keep", Kind::Int, [](Experiment& e) -> void* { return &e.keep; }},
-      {"logging.every", Kind::Int, [](Experiment& e) -> void* { return &e.log_every; }},
-      {"logging.eval_every", Kind::Int, [](Experiment& e) -> void* { return &e.eval_every; }},
-      {"distributed.zero_stage", Kind::Int, [](Experiment& e) -> void* { return &e.zero_stage; }},
-      {"distributed.timeout_s", Kind::Float, [](Experiment& e) -> void* { return &e.timeout_s; }},
-      {"seed", Kind::UInt, [](Experiment& e) -> void* { return &e.seed; }},
+      plain("model.source", Kind::String, &E::model_source,
+            "the model to start from: a Hugging Face directory (config.json with safetensors or pytorch_model.bin), "
+            "a native checkpoint (.h5 or a shard directory), a flat checkpoint directory, or a GPT-NeoX config.json "
+            "to train from freshly initialised weights",
+            true),
+      choice<TargetAttention>("model.attention", [](E& e) -> TargetAttention& { return e.attention; },
+                              "keep the source's attention, require softmax, or convert softmax attention to DiJiang "
+                              "(docs/method.md)"),
+      dijiang_key("model.dijiang.seed", Kind::UInt, &D::seed,
+                  "seeds the sampling of the feature frequencies t and the initialisation of the gate W_G"),
+      choice<FeatureSampling>("model.dijiang.sampling", [](E& e) -> FeatureSampling& { return e.dijiang.sampling; },
+                              "frequencies t: qmc, stratified quantiles of N(0, 1) (the paper's); mc, plain normal "
+                              "draws (the reference code's)"),
+      dijiang_key("model.dijiang.chunk", Kind::Int, &D::chunk, "block length of the chunkwise form, in tokens"),
+      choice<cpu::DecayForm>("model.dijiang.form", [](E& e) -> cpu::DecayForm& { return e.dijiang.form; },
+                             "how the decayed attention is computed (the same function): parallel (quadratic, the "
+                             "reference), chunkwise (linear; the GPU's) or recurrent (token by token)"),
+      dijiang_key("model.dijiang.feature_weights", Kind::Bool, &D::feature_weights,
+                  "learn per-head weights on the features (the paper's D) instead of fixed ones"),
+      dijiang_key("model.dijiang.learnable_decay", Kind::Bool, &D::learnable_decay,
+                  "train the per-head decay log γ (frozen at its initial value by default)"),
+      dijiang_key("model.dijiang.group_norm_per_head", Kind::Bool, &D::group_norm_per_head,
+                  "GroupNorm over one group per head instead of the reference's head_dim groups"),
+      plain("data.train", Kind::String, &E::train_tokens,
+            "training tokens: a 1-D .npy array of token ids or an indexed-dataset prefix (PREFIX.bin/.idx; shards "
+            "comma-separated)",
+            true),
+      plain("data.valid", Kind::String, &E::valid_tokens,
+            "validation tokens in the same forms (empty: no validation)"),
+      plain("data.seq_len", Kind::Int, &E::seq_len, "tokens per training sequence"),
+      choice<DataOrder>("data.order", [](E& e) -> DataOrder& { return e.order; },
+                        "shuffled: random windows drawn with the seed; pythia: the stored sequences in order, as "
+                        "Pythia was trained"),
+      plain("batch.micro_batch", Kind::Int, &E::micro_batch, "sequences per forward and backward pass on a rank"),
+      plain("batch.grad_accum", Kind::Int, &E::grad_accum,
+            "micro-batches per step: a step uses micro_batch x grad_accum sequences, whatever the number of ranks"),
+      plain("batch.global_tokens", Kind::Int, &E::global_tokens,
+            "if set, must equal micro_batch x grad_accum x seq_len (a guard for scripts)"),
+      choice<Precision>("precision", [](E& e) -> Precision& { return e.precision; },
+                        "f32 everywhere; bf16 activations and products with f32 masters (needs a GPU)",
+                        {"f32", "bf16"}),
+      plain("optimizer.lr", Kind::Float, &E::lr, "peak learning rate of AdamW"),
+      plain("optimizer.min_lr", Kind::Float, &E::min_lr, "learning rate at the end of the cosine decay"),
+      plain("optimizer.beta1", Kind::Float, &E::beta1, "AdamW's first-moment decay"),
+      plain("optimizer.beta2", Kind::Float, &E::beta2, "AdamW's second-moment decay"),
+      plain("optimizer.eps", Kind::Float, &E::eps, "AdamW's epsilon, added to the square root of the second moment"),
+      plain("optimizer.weight_decay", Kind::Float, &E::weight_decay,
+            "decoupled weight decay of matrices, embeddings included (biases, norms and other 1-D tensors are not "
+            "decayed)"),
+      plain("optimizer.grad_clip", Kind::Float, &E::grad_clip, "global gradient-norm clip (0: none)"),
+      plain("optimizer.freeze", Kind::StringList, &E::freeze,
+            "parameter-name patterns (* and ?) that do not train, e.g. gpt_neox.embed_in.*"),
+      plain("schedule.steps", Kind::Int, &E::steps, "optimizer steps of the run"),
+      plain("schedule.warmup", Kind::Int, &E::warmup, "steps of linear warm-up before the cosine decay"),
+      plain("schedule.max_bad_steps", Kind::Int, &E::max_bad_steps,
+            "consecutive steps with a non-finite loss or gradient (skipped) before the run stops"),
+      plain("checkpoint.dir", Kind::String, &E::out_dir, "the run directory: checkpoints, metrics and plots"),
+      plain("checkpoint.every", Kind::Int, &E::checkpoint_every, "steps between checkpoints (and the last step)"),
+      plain("checkpoint.keep", Kind::Int, &E::keep, "newest checkpoints kept; older ones are removed"),
+      plain("logging.every", Kind::Int, &E::log_every, "steps between progress lines"),
+      plain("logging.eval_every", Kind::Int, &E::eval_every,
+            "steps between validation passes (0: at checkpoints only)"),
+      plain("distributed.zero_stage", Kind::Int, &E::zero_stage,
+            "0 data parallel; 1 + optimizer state sharded; 2 + gradients; 3 + parameters"),
+      plain("distributed.timeout_s", Kind::Float, &E::timeout_s,
+            "a collective that waits longer than this ends the job, naming the ranks that did not arrive"),
+      plain("seed", Kind::UInt, &E::seed, "seeds the shuffled order of training windows and the weights of a model trained from a config.json"),
   };
   return keys;
 }
@@ -75,6 +140,7 @@ const char* kind_name(Kind kind) {
     case Kind::Float: return "a number";
     case Kind::Bool: return "true or false";
     case Kind::StringList: return "a list of strings";
+    case Kind::Choice: return "one of the listed values";
   }
   return "";
 }
@@ -130,14 +196,15 @@ void assign(Experiment& e, const Key& key, const YAML::Node& node, const std::st
   };
   try {
     switch (key.kind) {
-      case Kind::String: {
+      case Kind::String:
         if (!node.IsScalar()) wrong();
-        auto& value = *static_cast<std::string*>(key.field(e));
-        value = node.as<std::string>();
-        if (!key.choices.empty() && std::find(key.choices.begin(), key.choices.end(), value) == key.choices.end())
-          fail("{}: '{}' is '{}', expected one of: {}", where, key.path, value, fmt::join(key.choices, ", "));
+        *static_cast<std::string*>(key.field(e)) = node.as<std::string>();
         break;
-      }
+      case Kind::Choice:
+        if (!node.IsScalar()) wrong();
+        if (!key.set_choice(e, node.Scalar()))
+          fail("{}: '{}' is '{}', expected one of: {}", where, key.path, node.Scalar(), fmt::join(key.choices, ", "));
+        break;
       case Kind::Int:
         if (!node.IsScalar()) wrong();
         *static_cast<int64_t*>(key.field(e)) = node.as<int64_t>();
@@ -173,9 +240,12 @@ void assign(Experiment& e, const Key& key, const YAML::Node& node, const std::st
 void walk(const YAML::Node& node, const std::string& prefix, const std::string& file, Experiment& e,
           std::vector<std::string>& seen) {
   for (const auto& entry : node) {
-    const std::string name = entry.first.as<std::string>();
-    const std::string path = prefix.empty() ? name : prefix + "." + name;
     const std::string where = origin(file, entry.first);
+    if (!entry.first.IsScalar())
+      fail("{}: a key must be a plain name, got {}{}", where, entry.first.IsSequence() ? "a list" : "a mapping",
+           prefix.empty() ? "" : fmt::format(" in '{}'", prefix));
+    const std::string name = entry.first.Scalar();
+    const std::string path = prefix.empty() ? name : prefix + "." + name;
     if (const Key* key = find_key(path)) {
       assign(e, *key, entry.second, where);
       seen.push_back(path);
@@ -240,7 +310,9 @@ bool matches_pattern(std::string_view pattern, std::string_view name) {
   return p == pattern.size();
 }
 
-Experiment load_experiment(const std::filesystem::path& path, const std::vector<std::string>& overrides) {
+namespace {
+
+Experiment read_experiment(const std::filesystem::path& path, const std::vector<std::string>& overrides) {
   const std::string file = path.string();
   YAML::Node root;
   try {
@@ -277,6 +349,17 @@ Experiment load_experiment(const std::filesystem::path& path, const std::vector<
   return e;
 }
 
+}  // namespace
+
+Experiment load_experiment(const std::filesystem::path& path, const std::vector<std::string>& overrides) {
+  // What the checks above do not foresee in a YAML document still ends as one message naming the file.
+  try {
+    return read_experiment(path, overrides);
+  } catch (const YAML::Exception& e) {
+    fail("{}{}: {}", path.string(), e.mark.is_null() ? "" : fmt::format(":{}", e.mark.line + 1), e.msg);
+  }
+}
+
 namespace {
 
 // Keys in schema order, nested by section, for emitting. (Children hold their own names: a
@@ -308,6 +391,72 @@ struct YamlTree {
 
 }  // namespace
 
+namespace {
+
+const char* type_name(const Key& key) {
+  switch (key.kind) {
+    case Kind::String: return "string";
+    case Kind::Int: return "integer";
+    case Kind::UInt: return "non-negative integer";
+    case Kind::Float: return "number";
+    case Kind::Bool: return "true or false";
+    case Kind::StringList: return "list of strings";
+    case Kind::Choice: return "choice";
+  }
+  return "";
+}
+
+std::string default_of(const Key& key) {
+  Experiment e;
+  switch (key.kind) {
+    case Kind::String: {
+      const auto& value = *static_cast<std::string*>(key.field(e));
+      return value.empty() ? "\"\"" : value;
+    }
+    case Kind::Int: return fmt::format("{}", *static_cast<int64_t*>(key.field(e)));
+    case Kind::UInt: return fmt::format("{}", *static_cast<uint64_t*>(key.field(e)));
+    case Kind::Float: return fmt::format("{}", *static_cast<double*>(key.field(e)));
+    case Kind::Bool: return *static_cast<bool*>(key.field(e)) ? "true" : "false";
+    case Kind::StringList: return "[]";
+    case Kind::Choice: return key.choice_of(e);
+  }
+  return "";
+}
+
+// `text` wrapped at `width` columns, each line indented by `indent` spaces.
+std::string wrap(const std::string& text, size_t indent, size_t width) {
+  std::string out, line;
+  std::stringstream words(text);
+  for (std::string word; words >> word;) {
+    if (!line.empty() && indent + line.size() + 1 + word.size() > width) {
+      out += std::string(indent, ' ') + line + "\n";
+      line.clear();
+    }
+    line += (line.empty() ? "" : " ") + word;
+  }
+  if (!line.empty()) out += std::string(indent, ' ') + line + "\n";
+  return out;
+}
+
+}  // namespace
+
+std::string experiment_keys_help() {
+  std::string out;
+  std::string section;
+  for (const Key& key : schema()) {
+    const size_t dot = key.path.find('.');
+    const std::string key_section = dot == std::string::npos ? "" : key.path.substr(0, dot);
+    if (key_section != section || out.empty()) out += "\n";
+    section = key_section;
+    const std::string type =
+        key.kind == Kind::Choice ? fmt::format("{}", fmt::join(key.choices, " | ")) : std::string(type_name(key));
+    out += fmt::format("{:<34} {}, {}\n", key.path, type,
+                       key.required ? std::string("required") : "default " + default_of(key));
+    out += wrap(key.help, 4, 100);
+  }
+  return out;
+}
+
 std::string experiment_to_yaml(const Experiment& experiment) {
   Experiment e = experiment;
   YamlTree root;
@@ -318,6 +467,7 @@ std::string experiment_to_yaml(const Experiment& experiment) {
     YAML::Node& value = node->value;
     switch (key.kind) {
       case Kind::String: value = *static_cast<std::string*>(key.field(e)); break;
+      case Kind::Choice: value = key.choice_of(e); break;
       case Kind::Int: value = *static_cast<int64_t*>(key.field(e)); break;
       case Kind::UInt: value = *static_cast<uint64_t*>(key.field(e)); break;
       case Kind::Float: value = *static_cast<double*>(key.field(e)); break;

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "trainer/config/choices.h"
 #include "trainer/model/config.h"
 
 namespace dj {
@@ -17,17 +18,17 @@ namespace dj {
 struct Experiment {
   // model
   std::string model_source;             // Hugging Face directory or native checkpoint
-  std::string attention = "keep";       // keep, softmax or dijiang (converts a softmax source)
+  TargetAttention attention = TargetAttention::Keep;  // keep, softmax or dijiang (converts a softmax source)
   DiJiangOptions dijiang;
   // data: token files (.npy arrays or indexed-dataset prefixes, see read_token_stream)
   std::string train_tokens, valid_tokens;
   int64_t seq_len = 128;
-  std::string order = "shuffled";       // shuffled or pythia (see TokenBatches)
+  DataOrder order = DataOrder::Shuffled;  // shuffled or pythia (see TokenBatches)
   // batch: one step uses micro_batch * grad_accum sequences (the global batch), whatever the
   // number of ranks; each rank takes a contiguous slice of it in micro-batches of micro_batch.
   int64_t micro_batch = 4, grad_accum = 1;
   int64_t global_tokens = 0;            // if set, must equal micro_batch · grad_accum · seq_len
-  std::string precision = "f32";        // f32 on the CPU; bf16 needs the CUDA backend
+  Precision precision = Precision::F32;  // f32 on the CPU; bf16 needs the CUDA backend
   // optimizer
   double lr = 1e-3, min_lr = 1e-4, beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weight_decay = 0.1, grad_clip = 1.0;
   std::vector<std::string> freeze;      // parameter-name patterns (* and ?) that do not train
@@ -50,6 +51,9 @@ struct Experiment {
 
 // Reads and validates a YAML file with overrides ("a.b=c", values parsed as YAML scalars).
 Experiment load_experiment(const std::filesystem::path& file, const std::vector<std::string>& overrides);
+// Every key with its type, default (or "required"), allowed values and a line of help, by section:
+// what `dijiang train --list-keys` prints.
+std::string experiment_keys_help();
 // The resolved experiment as YAML text (every key).
 std::string experiment_to_yaml(const Experiment& experiment);
 

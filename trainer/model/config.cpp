@@ -50,17 +50,17 @@ void parse_attention(const nlohmann::json& json, const std::string& source, Mode
       fail("{}: unknown key 'dijiang.{}'", source, key);
   }
   DiJiangOptions& o = c.dijiang;
-  o.sampling = field<std::string>(options, "sampling", source, o.sampling, false);
+  o.sampling = parse_choice<FeatureSampling>(
+      field<std::string>(options, "sampling", source, std::string(choice_name(o.sampling)), false), "dijiang.sampling",
+      source);
   o.seed = field<uint64_t>(options, "seed", source, o.seed, false);
   o.feature_weights = field<bool>(options, "feature_weights", source, o.feature_weights, false);
   o.learnable_decay = field<bool>(options, "learnable_decay", source, o.learnable_decay, false);
   o.group_norm_per_head = field<bool>(options, "group_norm_per_head", source, o.group_norm_per_head, false);
   o.chunk = field<int64_t>(options, "chunk", source, o.chunk, false);
-  o.form = field<std::string>(options, "form", source, o.form, false);
-  if (o.sampling != "qmc" && o.sampling != "mc") fail("{}: dijiang.sampling '{}' is not qmc or mc", source, o.sampling);
+  o.form = parse_choice<cpu::DecayForm>(
+      field<std::string>(options, "form", source, std::string(choice_name(o.form)), false), "dijiang.form", source);
   if (o.chunk < 1 || o.chunk > 65536) fail("{}: dijiang.chunk {} is not in 1..65536", source, o.chunk);
-  if (o.form != "parallel" && o.form != "chunkwise" && o.form != "recurrent")
-    fail("{}: dijiang.form '{}' is not parallel, chunkwise or recurrent", source, o.form);
 }
 
 }  // namespace
@@ -161,13 +161,13 @@ nlohmann::json ModelConfig::to_hf_json(const nlohmann::json& base, const std::st
   j.erase("dijiang");
   if (is_dijiang()) {
     j["attention_kind"] = "dijiang";
-    j["dijiang"] = {{"sampling", dijiang.sampling},
+    j["dijiang"] = {{"sampling", choice_name(dijiang.sampling)},
                     {"seed", dijiang.seed},
                     {"feature_weights", dijiang.feature_weights},
                     {"learnable_decay", dijiang.learnable_decay},
                     {"group_norm_per_head", dijiang.group_norm_per_head},
                     {"chunk", dijiang.chunk},
-                    {"form", dijiang.form}};
+                    {"form", choice_name(dijiang.form)}};
   }
   if (!j.contains("bos_token_id")) j["bos_token_id"] = 0;
   if (!j.contains("eos_token_id")) j["eos_token_id"] = 0;

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kernels/cpu/gelu.h"
+#include "trainer/config/choices.h"
 
 namespace dj {
 
@@ -14,13 +15,13 @@ enum class AttentionKind { Softmax, DiJiang };
 // DiJiang attention options (docs/method.md). Stored in config.json as the object
 // "dijiang" beside "attention_kind": "dijiang".
 struct DiJiangOptions {
-  std::string sampling = "qmc";  // qmc (stratified, the paper's intent) or mc (the reference code's)
+  FeatureSampling sampling = FeatureSampling::QMC;  // qmc (stratified, the paper's intent) or mc (the reference code's)
   uint64_t seed = 0;             // seeds the sampling of t and the W_G initialisation
   bool feature_weights = false;  // learned per-head weights on the features (the paper's D)
   bool learnable_decay = false;  // train log γ (frozen by default)
   bool group_norm_per_head = false;  // GroupNorm over H groups instead of the reference's d groups
   int64_t chunk = 64;            // block size of the chunkwise form
-  std::string form = "chunkwise";  // parallel, chunkwise or recurrent: the same function
+  cpu::DecayForm form = cpu::DecayForm::Chunkwise;  // parallel, chunkwise or recurrent: the same function
 };
 
 struct ModelConfig {

@@ -91,7 +91,7 @@ class ModelDecoder final : public Decoder {
   Model model_;
 };
 
-// A decoder on the CPU in `precision` "f32" or "f64".
-std::unique_ptr<Decoder> make_cpu_decoder(ModelSource source, const std::string& precision);
+// A decoder on the CPU in `precision` f32 or f64.
+std::unique_ptr<Decoder> make_cpu_decoder(ModelSource source, Precision precision);
 
 }  // namespace dj

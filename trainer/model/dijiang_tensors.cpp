@@ -63,7 +63,7 @@ double inverse_normal_cdf(double u) {
 std::vector<double> sample_feature_scales(const DiJiangOptions& options, int64_t d, int64_t layer) {
   SplitMix64 rng = stream(options.seed, layer, kFeatureStream);
   std::vector<double> t(static_cast<size_t>(d));
-  if (options.sampling == "qmc") {
+  if (options.sampling == FeatureSampling::QMC) {
     std::vector<int64_t> permutation(static_cast<size_t>(d));
     for (int64_t i = 0; i < d; ++i) permutation[static_cast<size_t>(i)] = i;
     rng.shuffle(permutation.data(), d);

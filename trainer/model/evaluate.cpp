@@ -15,10 +15,10 @@ EvalResult evaluate_windows(ModelSource source, const std::vector<int32_t>& ids,
 template EvalResult evaluate_windows<float>(ModelSource, const std::vector<int32_t>&, int64_t, int64_t);
 template EvalResult evaluate_windows<double>(ModelSource, const std::vector<int32_t>&, int64_t, int64_t);
 
-std::unique_ptr<Decoder> make_cpu_decoder(ModelSource source, const std::string& precision) {
-  if (precision == "f64") return std::make_unique<ModelDecoder<CpuOps<double>>>(source);
-  if (precision == "f32") return std::make_unique<ModelDecoder<CpuOps<float>>>(source);
-  fail("precision {}: the CPU decodes in f32 or f64", precision);
+std::unique_ptr<Decoder> make_cpu_decoder(ModelSource source, Precision precision) {
+  if (precision == Precision::F64) return std::make_unique<ModelDecoder<CpuOps<double>>>(source);
+  if (precision == Precision::F32) return std::make_unique<ModelDecoder<CpuOps<float>>>(source);
+  fail("precision bf16: the CPU decodes in f32 or f64");
 }
 
 }  // namespace dj

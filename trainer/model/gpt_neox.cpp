@@ -5,13 +5,6 @@
 
 namespace dj {
 
-cpu::DecayForm parse_decay_form(const std::string& name, const std::string& source) {
-  if (name == "parallel") return cpu::DecayForm::Parallel;
-  if (name == "chunkwise") return cpu::DecayForm::Chunkwise;
-  if (name == "recurrent") return cpu::DecayForm::Recurrent;
-  fail("{}: unknown DiJiang attention form '{}': expected parallel, chunkwise or recurrent", source, name);
-}
-
 template class GPTNeoXModel<CpuOps<float>>;
 template class GPTNeoXModel<CpuOps<double>>;
 

@@ -215,8 +215,4 @@ using GPTNeoX = GPTNeoXModel<CpuOps<T>>;
 extern template class GPTNeoXModel<CpuOps<float>>;
 extern template class GPTNeoXModel<CpuOps<double>>;
 
-// The DiJiang attention form named in a config ("parallel", "chunkwise", "recurrent"); anything
-// else is an error naming `source`.
-cpu::DecayForm parse_decay_form(const std::string& name, const std::string& source);
-
 }  // namespace dj

@@ -76,12 +76,12 @@ GPTNeoXModel<Ops>::GPTNeoXModel(ModelConfig config, Ops ops)
       segments_(gpt_neox_segments(layout_, config_)),
       ops_(std::move(ops)) {
   if (config_.is_dijiang()) {
-    form_ = parse_decay_form(config_.dijiang.form, "the model's config");
+    form_ = config_.dijiang.form;
     if (!Ops::supports(form_))
       fail("the {} form of DiJiang attention runs on the CPU only; on {} the attention is computed in its chunkwise "
            "form (the same function): set the model's form to chunkwise (eval --dijiang-form chunkwise, convert "
            "--form chunkwise)",
-           config_.dijiang.form, Ops::kName);
+           choice_name(form_), Ops::kName);
   }
   Ops::check_config(config_);
   own_ = std::make_unique<OwnedStorage<Ops>>(ops_, segments_, layout_.total());

@@ -168,12 +168,12 @@ class GpuDecoder final : public Decoder {
 
 }  // namespace
 
-std::unique_ptr<TrainingState> make_training_state(const ModelConfig& config, int stage, const std::string& precision,
+std::unique_ptr<TrainingState> make_training_state(const ModelConfig& config, int stage, Precision precision,
                                                    comm::Communicator& host, int64_t planned_bytes,
                                                    const std::string& plan) {
-  if (precision != "bf16" && precision != "f32") fail("precision {}: the GPU trains in bf16 or f32", precision);
+  if (precision == Precision::F64) fail("precision f64: the GPU trains in bf16 or f32");
   // Configurations the kernels cannot run are refused before anything is allocated.
-  if (precision == "bf16")
+  if (precision == Precision::BF16)
     CudaOps<__nv_bfloat16>::check_config(config);
   else
     CudaOps<float>::check_config(config);
@@ -190,9 +190,9 @@ std::unique_ptr<TrainingState> make_training_state(const ModelConfig& config, in
            stage, static_cast<double>(planned_bytes) / kGiB, device, static_cast<double>(free) / kGiB,
            static_cast<double>(std::max<int64_t>(available, 0)) / kGiB, plan);
   }
-  const std::string description = fmt::format("{}, {}", device_name(device), precision);
+  const std::string description = fmt::format("{}, {}", device_name(device), choice_name(precision));
   std::unique_ptr<DeviceContext> context = make_context(host, device);
-  if (precision == "bf16")
+  if (precision == Precision::BF16)
     return std::make_unique<CudaTraining<__nv_bfloat16>>(std::move(context), config, stage, description);
   return std::make_unique<CudaTraining<float>>(std::move(context), config, stage, description);
 }
@@ -204,17 +204,17 @@ DeviceMemory device_memory() {
 }
 
 EvalResult evaluate(ModelSource source, const std::vector<int32_t>& ids, int64_t seq_len, int64_t batch,
-                    const std::string& precision) {
-  if (precision != "bf16" && precision != "f32") fail("precision {}: the GPU evaluates in bf16 or f32", precision);
+                    Precision precision) {
+  if (precision == Precision::F64) fail("precision f64: the GPU evaluates in bf16 or f32");
   DJ_CUDA_CHECK(cudaSetDevice(0));
-  if (precision == "bf16") return evaluate_on<__nv_bfloat16>(source, ids, seq_len, batch);
+  if (precision == Precision::BF16) return evaluate_on<__nv_bfloat16>(source, ids, seq_len, batch);
   return evaluate_on<float>(source, ids, seq_len, batch);
 }
 
-std::unique_ptr<Decoder> make_decoder(ModelSource source, const std::string& precision) {
-  if (precision != "bf16" && precision != "f32") fail("precision {}: the GPU decodes in bf16 or f32", precision);
+std::unique_ptr<Decoder> make_decoder(ModelSource source, Precision precision) {
+  if (precision == Precision::F64) fail("precision f64: the GPU decodes in bf16 or f32");
   DJ_CUDA_CHECK(cudaSetDevice(0));
-  if (precision == "bf16") return std::make_unique<GpuDecoder<__nv_bfloat16>>(source);
+  if (precision == Precision::BF16) return std::make_unique<GpuDecoder<__nv_bfloat16>>(source);
   return std::make_unique<GpuDecoder<float>>(source);
 }
 

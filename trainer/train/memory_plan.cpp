@@ -60,7 +60,7 @@ RankMemory plan_rank_memory(const MemoryPlanInput& in, int rank) {
     max_segment = std::max(max_segment, s.size());
     max_owned = std::max(max_owned, std::max<int64_t>(0, std::min(hi, s.end) - std::max(lo, s.begin)));
   }
-  const bool bf16 = in.gpu && in.precision == "bf16";
+  const bool bf16 = in.gpu && in.precision == Precision::BF16;
   const int64_t act = bf16 ? 2 : 4;
   // Segments held at once: the one in use and the next being gathered (stage 3) or reduced
   // (stages 2-3); tied embeddings keep the embedding's segment besides.
@@ -137,7 +137,7 @@ std::string plan_table(const Experiment& e, const ModelConfig& config, int ranks
   const auto gib = [](int64_t bytes) { return static_cast<double>(bytes) / kGiB; };
   std::string out = fmt::format(
       "{} ranks on {}{}, micro-batch {} x {} tokens{}; GiB per rank (the largest rank):\n", ranks,
-      gpu ? "GPUs" : "CPUs", gpu ? fmt::format(" in {}", e.precision) : "", e.micro_batch, e.seq_len,
+      gpu ? "GPUs" : "CPUs", gpu ? fmt::format(" in {}", choice_name(e.precision)) : "", e.micro_batch, e.seq_len,
       capacity > 0 ? fmt::format(", {:.1f} GiB each", gib(capacity)) : "");
   out += fmt::format("{:>5} {:>10} {:>9} {:>9} {:>9} {:>11} {:>9} {:>9}  {}\n", "stage", "parameters", "bf16 copy",
                      "gradients", "optimizer", "activations", "workspace", "total", capacity > 0 ? "fits" : "");

@@ -19,7 +19,7 @@ struct MemoryPlanInput {
   int ranks = 1;
   int stage = 0;
   bool gpu = false;            // the device layout (fp32 masters; a bf16 copy with precision bf16)
-  std::string precision = "f32";
+  Precision precision = Precision::F32;
   int64_t micro_batch = 1;     // sequences per micro-batch
   int64_t seq_len = 128;       // tokens per training sequence
   int64_t global_batch = 1;    // sequences per step (micro_batch · grad_accum)

@@ -111,8 +111,8 @@ class Run {
   Run(const Experiment& e, comm::Communicator& comm, bool resume)
       : e_(e), comm_(comm), rank_(comm.rank()), world_(comm.size()),
         on_gpu_(select_backend().backend == Backend::CUDA) {
-    if (!on_gpu_ && e_.precision != "f32")
-      fail("precision {} needs a CUDA device; the CPU trains in f32 (set precision: f32)", e_.precision);
+    if (!on_gpu_ && e_.precision != Precision::F32)
+      fail("precision {} needs a CUDA device; the CPU trains in f32 (set precision: f32)", choice_name(e_.precision));
     if (rank_ == 0) fs::create_directories(e_.out_dir);
     fs::path from;
     if (resume) {
@@ -156,7 +156,7 @@ class Run {
     }
     if (from.empty() && rank_ == 0) std::ofstream(metrics_path(), std::ios::trunc);
 
-    if (e_.order == "pythia" && !e_.train_tokens.ends_with(".npy")) {
+    if (e_.order == DataOrder::Pythia && !e_.train_tokens.ends_with(".npy")) {
       // Pythia-scale data stays memory-mapped; ids are checked as each batch is drawn.
       std::vector<std::string> shards;
       std::stringstream in(e_.train_tokens);
@@ -165,7 +165,7 @@ class Run {
     } else {
       std::vector<int32_t> train_tokens = read_token_stream(e_.train_tokens);
       check_vocabulary(train_tokens, e_.train_tokens);
-      batches_ = std::make_unique<TokenBatches>(std::move(train_tokens), e_.seq_len, e_.seed, e_.order == "pythia");
+      batches_ = std::make_unique<TokenBatches>(std::move(train_tokens), e_.seq_len, e_.seed, e_.order == DataOrder::Pythia);
     }
     if (!e_.valid_tokens.empty()) {
       valid_ = read_token_stream(e_.valid_tokens);
@@ -301,13 +301,13 @@ class Run {
   }
 
   void prepare_attention(ModelSource& source) {
-    if (e_.attention == "softmax" && source.config.is_dijiang())
+    if (e_.attention == TargetAttention::Softmax && source.config.is_dijiang())
       fail("model.attention is softmax but {} has DiJiang attention", source.path.string());
-    if (e_.attention == "dijiang" && !source.config.is_dijiang()) {
+    if (e_.attention == TargetAttention::DiJiang && !source.config.is_dijiang()) {
       convert_to_dijiang(source, e_.dijiang);
       if (rank_ == 0)
         spdlog::info("converted {} to DiJiang attention (sampling {}, seed {})", source.path.string(),
-                     e_.dijiang.sampling, e_.dijiang.seed);
+                     choice_name(e_.dijiang.sampling), e_.dijiang.seed);
     }
   }
 
