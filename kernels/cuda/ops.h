@@ -10,7 +10,8 @@
 //   - parameter gradients (dW, db, LayerNorm dw/db, embedding dtable) are fp32 accumulators for both
 //     T: the += semantics of the CPU ops, never a bf16 sum;
 //   - reductions are deterministic: fixed partitions that depend only on the problem shape, summed in
-//     a fixed order (no floating-point atomics anywhere);
+//     a fixed order (no floating-point atomics in these ops; the DiJiang attention kernels add three
+//     parameter gradients with fp32 atomics, as kernels/cuda/dijiang_attention.h says);
 //   - errors (bad arguments, CUDA and cuBLAS failures) throw std::runtime_error or
 //     std::invalid_argument. Kernels cannot throw: where the CPU op validates data (token ids,
 //     targets), the CUDA op says below what it does instead.
@@ -52,7 +53,7 @@ class Blas {
   // Products cuBLASLt offered no algorithm for, done by a plain (slow, correct) CUDA-core kernel.
   int64_t fallback_products() const;
 
-  struct Cache;  // defined in ops_blas.cu
+  struct Cache;  // defined in gemm.cu
   Cache& cache() const { return *cache_; }
 
  private:

@@ -1,4 +1,4 @@
-// Device helpers shared by the kernels of kernels/cuda/ops_*.cu (nvcc only; not part of the API).
+// Device helpers shared by the kernels of the model-op kernels of kernels/cuda (gemm.cu, layernorm.cu, ...) (nvcc only; not part of the API).
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
