@@ -23,6 +23,8 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cuda/device_array.h"
+
 namespace dj::gpucheck {
 
 // True when the checks run on the CPU emulation of CUDA (tests/cuda_emulation, defined by its
@@ -38,45 +40,23 @@ inline constexpr bool kEmulated = false;
 void cuda_check(cudaError_t status, const char* call);
 #define DJ_CUDA(call) ::dj::gpucheck::cuda_check((call), #call)
 
-// A device buffer of T that frees itself.
+// The backend's owning device buffer (kernels/cuda/device_array.h) with host transfers for checks.
 template <typename T>
-class DeviceBuffer {
+class DeviceBuffer : public cuda::DeviceArray<T> {
  public:
   DeviceBuffer() = default;
-  explicit DeviceBuffer(size_t count) : count_(count) {
-    if (count) DJ_CUDA(cudaMalloc(reinterpret_cast<void**>(&data_), count * sizeof(T)));
-  }
+  explicit DeviceBuffer(size_t count) : cuda::DeviceArray<T>(count) {}
   explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size()) { upload(host); }
-  ~DeviceBuffer() {
-    if (data_) cudaFree(data_);
-  }
-  DeviceBuffer(DeviceBuffer&& other) noexcept : data_(other.data_), count_(other.count_) {
-    other.data_ = nullptr;
-    other.count_ = 0;
-  }
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept {
-    std::swap(data_, other.data_);
-    std::swap(count_, other.count_);
-    return *this;
-  }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 
-  T* get() const { return data_; }
-  size_t size() const { return count_; }
   void upload(const std::vector<T>& host) {
-    if (host.size() != count_) throw std::runtime_error("DeviceBuffer::upload: size mismatch");
-    if (count_) DJ_CUDA(cudaMemcpy(data_, host.data(), count_ * sizeof(T), cudaMemcpyHostToDevice));
+    if (host.size() != this->size()) throw std::runtime_error("DeviceBuffer::upload: size mismatch");
+    if (!host.empty()) DJ_CUDA(cudaMemcpy(this->get(), host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
   }
   std::vector<T> download() const {
-    std::vector<T> host(count_);
-    if (count_) DJ_CUDA(cudaMemcpy(host.data(), data_, count_ * sizeof(T), cudaMemcpyDeviceToHost));
+    std::vector<T> host(this->size());
+    if (!host.empty()) DJ_CUDA(cudaMemcpy(host.data(), this->get(), host.size() * sizeof(T), cudaMemcpyDeviceToHost));
     return host;
   }
-
- private:
-  T* data_ = nullptr;
-  size_t count_ = 0;
 };
 
 struct CheckRow {

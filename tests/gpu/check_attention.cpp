@@ -29,31 +29,21 @@
 
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/dijiang.h"
+#include "kernels/core/dtype.h"
 #include "kernels/cuda/dijiang_attention.h"
 #include "tests/gpu/check.h"
 
 namespace {
 
+using dj::bf16_to_float;
+using dj::float_to_bf16;
 using dj::gpucheck::BenchRow;
 using dj::gpucheck::Context;
 using dj::gpucheck::DeviceBuffer;
 using dj::gpucheck::kEmulated;
 using bf16 = __nv_bfloat16;
 
-// ---- bf16 on the host (bit patterns; round to nearest even) ----------------------------------------
-
-uint16_t bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
-}
-float bf16_value(uint16_t bits) {
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
+// bf16 on the host: kernels/core/dtype.h (float_to_bf16, bf16_to_float; round to nearest even).
 
 // Device storage of T: float, or the raw bits of bf16.
 template <typename T>
@@ -68,7 +58,7 @@ const char* type_name() {
 template <typename T>
 std::vector<float> representable(std::vector<float> v) {
   if constexpr (!std::is_same_v<T, float>)
-    for (float& x : v) x = bf16_value(bf16_bits(x));
+    for (float& x : v) x = bf16_to_float(float_to_bf16(x));
   return v;
 }
 
@@ -79,7 +69,7 @@ DeviceBuffer<Store<T>> upload(const std::vector<float>& v) {
     if constexpr (std::is_same_v<T, float>)
       s[i] = v[i];
     else
-      s[i] = bf16_bits(v[i]);
+      s[i] = float_to_bf16(v[i]);
   }
   return DeviceBuffer<Store<T>>(s);
 }
@@ -92,7 +82,7 @@ std::vector<double> download(const DeviceBuffer<Store<T>>& b) {
     if constexpr (std::is_same_v<T, float>)
       v[i] = s[i];
     else
-      v[i] = bf16_value(s[i]);
+      v[i] = bf16_to_float(s[i]);
   }
   return v;
 }
@@ -721,7 +711,7 @@ DeviceBuffer<uint16_t> random_bf16(Context& ctx, size_t count) {
   const size_t seed_count = std::min<size_t>(count, size_t{1} << 20);
   const std::vector<float> v = ctx.normal(seed_count);
   std::vector<uint16_t> bits(seed_count);
-  for (size_t i = 0; i < seed_count; ++i) bits[i] = bf16_bits(v[i]);
+  for (size_t i = 0; i < seed_count; ++i) bits[i] = float_to_bf16(v[i]);
   DJ_CUDA(cudaMemcpy(b.get(), bits.data(), seed_count * sizeof(uint16_t), cudaMemcpyHostToDevice));
   for (size_t have = seed_count; have < count;) {
     const size_t n = std::min(have, count - have);

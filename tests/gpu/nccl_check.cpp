@@ -39,6 +39,7 @@
 
 #include "comm/communicator.h"
 #include "comm/nccl/nccl_communicator.h"
+#include "kernels/cuda/device_array.h"
 #include "thread_communicator.h"
 
 namespace {
@@ -88,16 +89,7 @@ float value(uint64_t seed, int rank, int64_t i) {
   return static_cast<float>(k) / 256.0f;
 }
 
-struct DeviceBuffer {
-  float* data = nullptr;
-  int64_t count = 0;
-  explicit DeviceBuffer(int64_t n) : count(n) {
-    CUDA_CHECK(cudaMalloc(&data, static_cast<size_t>(std::max<int64_t>(n, 1)) * sizeof(float)));
-  }
-  ~DeviceBuffer() { cudaFree(data); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
+using DeviceBuffer = dj::cuda::DeviceArray<float>;
 
 // Page-locked host memory, so that the uploads are truly asynchronous.
 struct PinnedBuffer {
@@ -217,14 +209,14 @@ using Case = std::function<std::string(Rank&)>;
 // Starts an all_reduce of `count` values; returns the buffer and request, expectation separately.
 std::string all_reduce_case(Rank& r, int64_t count, uint64_t seed) {
   DeviceBuffer data(count + kGuard);
-  r.poison(data.data, count + kGuard);
-  r.upload(data.data, seed, r.rank(), 0, count);
-  auto request = r.comm.all_reduce_async(data.data, count);
+  r.poison(data.data(), count + kGuard);
+  r.upload(data.data(), seed, r.rank(), 0, count);
+  auto request = r.comm.all_reduce_async(data.data(), count);
   wait(r, *request, "all_reduce");
   std::vector<float> want(static_cast<size_t>(count), 0.0f);
   for (int q = 0; q < r.size(); ++q)
     for (int64_t i = 0; i < count; ++i) want[static_cast<size_t>(i)] += value(seed, q, i);
-  return check_output(r, data.data, want);
+  return check_output(r, data.data(), want);
 }
 
 std::vector<float> reduce_scatter_want(const Rank& r, std::span<const int64_t> counts,
@@ -243,11 +235,11 @@ std::string reduce_scatter_case(Rank& r, std::span<const int64_t> counts, uint64
   const int64_t total = offsets.back();
   const int64_t own = counts[static_cast<size_t>(r.rank())];
   DeviceBuffer send(total), recv(own + kGuard);
-  r.upload(send.data, seed, r.rank(), 0, total);
-  r.poison(recv.data, own + kGuard);
-  auto request = r.comm.reduce_scatter_async(send.data, recv.data, counts);
+  r.upload(send.data(), seed, r.rank(), 0, total);
+  r.poison(recv.data(), own + kGuard);
+  auto request = r.comm.reduce_scatter_async(send.data(), recv.data(), counts);
   wait(r, *request, "reduce_scatter");
-  return check_output(r, recv.data, reduce_scatter_want(r, counts, seed));
+  return check_output(r, recv.data(), reduce_scatter_want(r, counts, seed));
 }
 
 std::vector<float> all_gather_want(const Rank& r, std::span<const int64_t> counts, uint64_t seed) {
@@ -263,12 +255,12 @@ std::string all_gather_case(Rank& r, std::span<const int64_t> counts, uint64_t s
   const int64_t total = offsets.back();
   const auto own = static_cast<size_t>(r.rank());
   DeviceBuffer recv(total + kGuard), separate(aliased ? 0 : counts[own]);
-  r.poison(recv.data, total + kGuard);
-  float* send = aliased ? recv.data + offsets[own] : separate.data;
+  r.poison(recv.data(), total + kGuard);
+  float* send = aliased ? recv.data() + offsets[own] : separate.data();
   r.upload(send, seed, r.rank(), 0, counts[own]);
-  auto request = r.comm.all_gather_async(send, recv.data, counts);
+  auto request = r.comm.all_gather_async(send, recv.data(), counts);
   wait(r, *request, "all_gather");
-  return check_output(r, recv.data, all_gather_want(r, counts, seed));
+  return check_output(r, recv.data(), all_gather_want(r, counts, seed));
 }
 
 // Eight operations of the three kinds started before any is waited for, then checked.
@@ -290,12 +282,12 @@ std::string in_flight_case(Rank& r, uint64_t seed) {
     const int64_t count = (int64_t{1} << (14 + 2 * k)) + k;
     const uint64_t s = mix(seed + static_cast<uint64_t>(k));
     Pending p{strprintf("all_reduce #%d", k), std::make_unique<DeviceBuffer>(count + kGuard), {}, {}, {}};
-    r.poison(p.out->data, count + kGuard);
-    r.upload(p.out->data, s, r.rank(), 0, count);
+    r.poison(p.out->data(), count + kGuard);
+    r.upload(p.out->data(), s, r.rank(), 0, count);
     p.want.assign(static_cast<size_t>(count), 0.0f);
     for (int q = 0; q < n; ++q)
       for (int64_t i = 0; i < count; ++i) p.want[static_cast<size_t>(i)] += value(s, q, i);
-    p.request = r.comm.all_reduce_async(p.out->data, count);
+    p.request = r.comm.all_reduce_async(p.out->data(), count);
     pending.push_back(std::move(p));
   }
   for (int k = 0; k < 2; ++k) {  // reduce_scatter, uneven and small
@@ -304,10 +296,10 @@ std::string in_flight_case(Rank& r, uint64_t seed) {
     const uint64_t s = mix(seed + 100 + static_cast<uint64_t>(k));
     Pending p{strprintf("reduce_scatter #%d", k), std::make_unique<DeviceBuffer>(counts[own] + kGuard),
               std::make_unique<DeviceBuffer>(total), {}, {}};
-    r.poison(p.out->data, counts[own] + kGuard);
-    r.upload(p.in->data, s, r.rank(), 0, total);
+    r.poison(p.out->data(), counts[own] + kGuard);
+    r.upload(p.in->data(), s, r.rank(), 0, total);
     p.want = reduce_scatter_want(r, counts, s);
-    p.request = r.comm.reduce_scatter_async(p.in->data, p.out->data, counts);
+    p.request = r.comm.reduce_scatter_async(p.in->data(), p.out->data(), counts);
     pending.push_back(std::move(p));
   }
   for (int k = 0; k < 2; ++k) {  // all_gather, uneven aliased and small separate
@@ -316,11 +308,11 @@ std::string in_flight_case(Rank& r, uint64_t seed) {
     const uint64_t s = mix(seed + 200 + static_cast<uint64_t>(k));
     Pending p{strprintf("all_gather #%d", k), std::make_unique<DeviceBuffer>(offsets.back() + kGuard),
               k == 0 ? nullptr : std::make_unique<DeviceBuffer>(counts[own]), {}, {}};
-    r.poison(p.out->data, offsets.back() + kGuard);
-    float* send = k == 0 ? p.out->data + offsets[own] : p.in->data;
+    r.poison(p.out->data(), offsets.back() + kGuard);
+    float* send = k == 0 ? p.out->data() + offsets[own] : p.in->data();
     r.upload(send, s, r.rank(), 0, counts[own]);
     p.want = all_gather_want(r, counts, s);
-    p.request = r.comm.all_gather_async(send, p.out->data, counts);
+    p.request = r.comm.all_gather_async(send, p.out->data(), counts);
     pending.push_back(std::move(p));
   }
   // Poll them all (none may throw), then wait in reverse order.
@@ -328,7 +320,7 @@ std::string in_flight_case(Rank& r, uint64_t seed) {
   for (auto it = pending.rbegin(); it != pending.rend(); ++it) wait(r, *it->request, it->name.c_str());
   for (auto& p : pending) {
     if (!p.request->test()) return p.name + ": test() false after wait";
-    const std::string error = check_output(r, p.out->data, p.want);
+    const std::string error = check_output(r, p.out->data(), p.want);
     if (!error.empty()) return p.name + ": " + error;
   }
   return "";
@@ -339,15 +331,15 @@ std::string traffic_case(Rank& r, uint64_t seed) {
   const int64_t total = offsets_of(counts).back();
   const int64_t own = counts[static_cast<size_t>(r.rank())];
   DeviceBuffer a(1000), send(total), recv(total);
-  r.upload(a.data, seed, r.rank(), 0, 1000);
-  r.upload(send.data, seed, r.rank(), 0, total);
+  r.upload(a.data(), seed, r.rank(), 0, 1000);
+  r.upload(send.data(), seed, r.rank(), 0, total);
   r.comm.reset_traffic();
-  r.comm.all_reduce(a.data, 1000, "all_reduce");
-  r.comm.reduce_scatter(send.data, recv.data, counts, "reduce_scatter");
-  r.comm.all_gather(recv.data, send.data, counts, "all_gather");
+  r.comm.all_reduce(a.data(), 1000, "all_reduce");
+  r.comm.reduce_scatter(send.data(), recv.data(), counts, "reduce_scatter");
+  r.comm.all_gather(recv.data(), send.data(), counts, "all_gather");
   uint64_t word = 42;
   r.comm.broadcast_host(&word, sizeof word, 0);
-  r.download(a.data, 0);
+  r.download(a.data(), 0);
   const dj::comm::Traffic& t = r.comm.traffic();
   const int64_t f = sizeof(float);
   if (t.all_reduce != 1000 * f || t.reduce_scatter != total * f || t.all_gather != own * f ||
@@ -379,13 +371,13 @@ std::string bad_counts_case(Rank& r, uint64_t) {
   DeviceBuffer buffer(16);
   std::vector<int64_t> wrong(static_cast<size_t>(r.size() + 1), 1);
   try {
-    r.comm.reduce_scatter_async(buffer.data, buffer.data, wrong);
+    r.comm.reduce_scatter_async(buffer.data(), buffer.data(), wrong);
     return "reduce_scatter accepted size()+1 counts";
   } catch (const std::exception&) {
   }
   std::vector<int64_t> negative(static_cast<size_t>(r.size()), -1);
   try {
-    r.comm.all_gather_async(buffer.data, buffer.data, negative);
+    r.comm.all_gather_async(buffer.data(), buffer.data(), negative);
     return "all_gather accepted negative counts";
   } catch (const std::exception&) {
   }
@@ -429,8 +421,8 @@ std::string zero_step_case(Rank& r, uint64_t seed) {
   const float grad_scale = 1.0f / static_cast<float>(n);
 
   DeviceBuffer params(parameters + kGuard), grads(parameters), shard(counts[own]);
-  r.poison(params.data, parameters + kGuard);
-  r.upload(params.data, seed, 0, 0, parameters);  // the same initial parameters on every rank
+  r.poison(params.data(), parameters + kGuard);
+  r.upload(params.data(), seed, 0, 0, parameters);  // the same initial parameters on every rank
 
   std::vector<float> ref_p(static_cast<size_t>(parameters));
   for (int64_t i = 0; i < parameters; ++i) ref_p[static_cast<size_t>(i)] = value(seed, 0, i);
@@ -439,18 +431,18 @@ std::string zero_step_case(Rank& r, uint64_t seed) {
 
   for (int step = 1; step <= 3; ++step) {
     const uint64_t grad_seed = mix(seed + 1000 + static_cast<uint64_t>(step));
-    r.upload(grads.data, grad_seed, r.rank(), 0, parameters);
-    r.poison(shard.data, counts[own]);
-    auto scattered = r.comm.reduce_scatter_async(grads.data, shard.data, counts);
+    r.upload(grads.data(), grad_seed, r.rank(), 0, parameters);
+    r.poison(shard.data(), counts[own]);
+    auto scattered = r.comm.reduce_scatter_async(grads.data(), shard.data(), counts);
     wait(r, *scattered, "zero reduce_scatter");
-    std::vector<float> g = r.download(shard.data, counts[own]);
-    std::vector<float> p = r.download(params.data + offsets[own], counts[own]);
+    std::vector<float> g = r.download(shard.data(), counts[own]);
+    std::vector<float> p = r.download(params.data() + offsets[own], counts[own]);
     adamw(p.data(), g.data(), shard_m.data(), shard_v.data(), counts[own], step, grad_scale);
     if (counts[own] > 0)
-      CUDA_CHECK(cudaMemcpyAsync(params.data + offsets[own], p.data(),
+      CUDA_CHECK(cudaMemcpyAsync(params.data() + offsets[own], p.data(),
                                  static_cast<size_t>(counts[own]) * sizeof(float),
                                  cudaMemcpyHostToDevice, r.compute));
-    auto gathered = r.comm.all_gather_async(params.data + offsets[own], params.data, counts);
+    auto gathered = r.comm.all_gather_async(params.data() + offsets[own], params.data(), counts);
     wait(r, *gathered, "zero all_gather");
 
     std::fill(ref_g.begin(), ref_g.end(), 0.0f);
@@ -458,7 +450,7 @@ std::string zero_step_case(Rank& r, uint64_t seed) {
       for (int64_t i = 0; i < parameters; ++i) ref_g[static_cast<size_t>(i)] += value(grad_seed, q, i);
     adamw(ref_p.data(), ref_g.data(), ref_m.data(), ref_v.data(), parameters, step, grad_scale);
   }
-  return check_output(r, params.data, ref_p);
+  return check_output(r, params.data(), ref_p);
 }
 
 // ---- driver ---------------------------------------------------------------------------------
