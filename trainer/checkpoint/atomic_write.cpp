@@ -20,10 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-fs::path parent_of(const fs::path& path) {
-  return path.has_parent_path() ? path.parent_path() : fs::path(".");
-}
-
 // `.<name>.<tag>-<pid>-<random>` beside `target`: the same directory, hence the same file system,
 // so renaming it onto `target` is atomic. The pid and random part keep concurrent writers (threads,
 // or ranks on several hosts sharing a file system) apart; the leading dot keeps it out of casual

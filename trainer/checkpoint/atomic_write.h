@@ -9,6 +9,15 @@
 namespace dj {
 
 // Writes the new content at the temporary path it is given.
+// `path` without a trailing separator ("runs/x/" -> "runs/x").
+inline std::filesystem::path without_trailing_separator(const std::filesystem::path& path) {
+  return path.has_filename() ? path : path.parent_path();
+}
+// The directory `path` is in ("." for a bare name).
+inline std::filesystem::path parent_of(const std::filesystem::path& path) {
+  return path.has_parent_path() ? path.parent_path() : std::filesystem::path(".");
+}
+
 using AtomicWriter = std::function<void(const std::filesystem::path& temp)>;
 
 // Calls `writer` with a temporary path in the same directory as `path` (so the final rename stays

@@ -64,14 +64,6 @@ Handle select_range(hid_t dataset, hsize_t offset, hsize_t count, const FileErro
 // ---------------------------------------------------------------------------------------------
 // Names
 
-fs::path without_trailing_separator(const fs::path& path) {
-  return path.has_filename() ? path : path.parent_path();
-}
-
-fs::path parent_of(const fs::path& path) {
-  return path.has_parent_path() ? path.parent_path() : fs::path(".");
-}
-
 struct ShardName {
   int rank = 0;
   int world = 0;
@@ -572,121 +564,6 @@ bool is_flat_checkpoint(const fs::path& path) {
   for (fs::directory_iterator it(path, error), end; !error && it != end; it.increment(error))
     if (parse_shard_name(it->path().filename().string())) return true;
   return false;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Conversions
-
-NativeCheckpoint merge_flat_checkpoint(const fs::path& dir) {
-  const FlatCheckpointReader reader(dir);
-  const std::string label =
-      (reader.path() / flat_shard_name(0, reader.world())).string() + " (config attribute)";
-  const ModelConfig config = ModelConfig::from_hf_json(reader.config(), label);
-  const ParameterLayout layout = ParameterLayout::gpt_neox(config);
-  if (layout.total() != reader.total())
-    fail("{}: its config lays out {} parameters but the rank files hold {} values",
-         reader.path().string(), layout.total(), reader.total());
-  NativeCheckpoint checkpoint;
-  checkpoint.config = reader.config();
-  checkpoint.metadata = reader.metadata();
-  for (const auto& view : layout.views()) {
-    for (const auto& [prefix, dataset] :
-         {std::pair{"", kFlatParameters}, std::pair{"optimizer.m.", kFlatMomentM},
-          std::pair{"optimizer.v.", kFlatMomentV}}) {
-      Tensor tensor(DType::F32, view.shape);
-      reader.read(dataset, view.offset, view.offset + view.numel(), tensor.data<float>());
-      checkpoint.tensors.emplace(prefix + view.name, std::move(tensor));
-    }
-  }
-  return checkpoint;
-}
-
-void split_to_flat_checkpoint(const fs::path& input, const fs::path& out_path, int ranks) {
-  const fs::path out = without_trailing_separator(out_path);
-  const FileErrors out_errors(out);
-  check_world(ranks, out_errors);
-  // Refused before the (possibly long) read: where the result cannot go.
-  std::error_code error;
-  if (!fs::is_directory(parent_of(out), error))
-    out_errors.fail("parent directory {} does not exist", parent_of(out).string());
-  const fs::file_status status = fs::symlink_status(out, error);
-  if (fs::exists(status)) {
-    if (!fs::is_directory(status)) out_errors.fail("exists and is not a directory");
-    if (!fs::is_empty(out, error) && !is_flat_checkpoint(out))
-      out_errors.fail("directory exists and is not a flat checkpoint; refusing to replace it");
-  }
-
-  const FileErrors errors(input);
-  if (!fs::exists(input, error)) errors.fail("no such file or directory");
-  if (!is_flat_checkpoint(input) && !is_native_checkpoint(input))
-    errors.fail("not a training checkpoint (neither a native checkpoint written by `dijiang train` "
-                "nor a flat checkpoint directory)");
-  NativeCheckpoint checkpoint =
-      is_flat_checkpoint(input) ? merge_flat_checkpoint(input) : read_native_checkpoint(input);
-  const auto kind = checkpoint.metadata.find("kind");
-  const std::string kind_text =
-      kind == checkpoint.metadata.end() ? "none" : kind->is_string() ? kind->get<std::string>() : kind->dump();
-  if (kind_text != "training")
-    errors.fail("not a training checkpoint (metadata kind: {}); only checkpoints written by "
-                "`dijiang train` hold the optimizer state a flat checkpoint needs",
-                kind_text);
-  const ModelConfig config =
-      ModelConfig::from_hf_json(checkpoint.config, input.string() + " (config attribute)");
-  const ParameterLayout layout = ParameterLayout::gpt_neox(config);
-
-  TensorMap model, optimizer;
-  for (auto& [name, tensor] : checkpoint.tensors)
-    (name.starts_with("optimizer.") ? optimizer : model).emplace(name, std::move(tensor));
-  checkpoint.tensors.clear();
-  if (optimizer.empty())
-    errors.fail("has no optimizer state (optimizer.m.* and optimizer.v.* tensors)");
-  check_tensors(layout, config, model, input.string());
-
-  const auto total = static_cast<size_t>(layout.total());
-  std::vector<float> params(total), m(total), v(total);
-  const auto copy = [&](TensorMap& from, const std::string& name, const ParameterView& view,
-                        std::vector<float>& to) {
-    const auto it = from.find(name);
-    if (it == from.end()) errors.fail("tensor '{}' is missing", name);
-    if (it->second.shape() != view.shape)
-      errors.fail("tensor '{}' has shape {}, the config needs {}", name,
-                  shape_string(it->second.shape()), shape_string(view.shape));
-    if (it->second.dtype() != DType::F32)
-      errors.fail("tensor '{}' is {}; training checkpoints hold F32", name,
-                  dtype_name(it->second.dtype()));
-    std::memcpy(to.data() + view.offset, it->second.bytes(), it->second.nbytes());
-    from.erase(it);
-  };
-  for (const auto& view : layout.views()) {
-    copy(model, view.name, view, params);
-    copy(optimizer, "optimizer.m." + view.name, view, m);
-    copy(optimizer, "optimizer.v." + view.name, view, v);
-  }
-  if (!optimizer.empty())
-    errors.fail("unexpected optimizer state '{}' (the model has no such parameter)",
-                optimizer.begin()->first);
-
-  const fs::path staging = flat_staging_dir(out);
-  reset_flat_staging_dir(staging);
-  try {
-    for (int rank = 0; rank < ranks; ++rank) {
-      FlatShardHeader header;
-      header.rank = rank;
-      header.world = ranks;
-      std::tie(header.begin, header.end) = flat_shard_range(layout.total(), rank, ranks);
-      header.total = layout.total();
-      header.config = checkpoint.config;
-      header.metadata = checkpoint.metadata;
-      const auto offset = static_cast<size_t>(header.begin);
-      write_flat_shard(staging, header, params.data() + offset, m.data() + offset,
-                       v.data() + offset);
-    }
-    finish_flat_checkpoint(staging, out, ranks);
-  } catch (...) {
-    std::error_code ignored;
-    fs::remove_all(staging, ignored);
-    throw;
-  }
 }
 
 }  // namespace dj
