@@ -13,7 +13,6 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
-#include <regex>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -37,6 +36,8 @@
 #include "trainer/report/plot.h"
 #include "trainer/train/gpu.h"
 #include "trainer/train/memory_plan.h"
+#include "trainer/train/resources.h"
+#include "trainer/train/run_directory.h"
 #include "trainer/train/training_state.h"
 #include "trainer/train/training_step.h"
 #include "trainer/train/token_batches.h"
@@ -73,31 +74,11 @@ class StopSignals {
   std::array<struct sigaction, 3> previous_{};
 };
 
-// ckpt-<step>.h5 from one process, ckpt-<step>/ (a flat checkpoint, one file per rank) from several.
-const std::regex kCheckpointName(R"(ckpt-(\d{8})(\.h5)?)");
 
 struct Metric {
   int64_t step;
   double loss, lr, grad_norm, tokens_per_s;
 };
-
-// Resident bytes of this process now (/proc/self/statm), and its peak since the last reset
-// (VmHWM; reset by writing 5 to /proc/self/clear_refs). 0 where /proc does not say.
-int64_t resident_bytes() {
-  std::ifstream statm("/proc/self/statm");
-  int64_t size = 0, resident = 0;
-  if (!(statm >> size >> resident)) return 0;
-  return resident * sysconf(_SC_PAGESIZE);
-}
-
-int64_t peak_resident_bytes() {
-  std::ifstream status("/proc/self/status");
-  for (std::string line; std::getline(status, line);)
-    if (line.starts_with("VmHWM:")) return std::stoll(line.substr(6)) * 1024;  // "VmHWM:   12345 kB"
-  return 0;
-}
-
-void reset_peak_resident() { std::ofstream("/proc/self/clear_refs") << "5"; }
 
 std::string duration_text(double seconds) {
   const auto s = static_cast<int64_t>(seconds + 0.5);
@@ -429,7 +410,7 @@ class Run {
       NativeCheckpoint checkpoint;
       checkpoint.config = config_.to_hf_json();
       checkpoint.metadata = metadata();
-      const fs::path path = dir / fmt::format("ckpt-{:08d}.h5", step_);
+      const fs::path path = checkpoint_path(dir, step_, true);
       state_->with_owned([&](const float* params, const float* m, const float* v) {
         // The tensors borrow the state's buffers: nothing is copied before HDF5 writes them.
         for (const auto& view : layout_.views()) {
@@ -443,7 +424,7 @@ class Run {
       plot();
       return path;
     }
-    const fs::path path = dir / fmt::format("ckpt-{:08d}", step_);
+    const fs::path path = checkpoint_path(dir, step_, false);
     const fs::path staging = flat_staging_dir(path);
     std::string error;
     if (rank_ == 0) {
@@ -492,13 +473,7 @@ class Run {
     return path;
   }
 
-  void prune() const {
-    std::vector<fs::path> checkpoints;
-    for (const auto& entry : fs::directory_iterator(e_.out_dir))
-      if (std::regex_match(entry.path().filename().string(), kCheckpointName)) checkpoints.push_back(entry.path());
-    std::sort(checkpoints.begin(), checkpoints.end());
-    for (size_t i = 0; i + static_cast<size_t>(e_.keep) < checkpoints.size(); ++i) fs::remove_all(checkpoints[i]);
-  }
+  void prune() const { prune_checkpoints(e_.out_dir, e_.keep); }
 
   void plot() const {
     PlotSeries loss{"training loss", {}, {}}, lr{"learning rate", {}, {}};
@@ -542,66 +517,10 @@ class Run {
                  written_by != world_ ? fmt::format("; resharded from {} to {} ranks", written_by, world_) : "");
   }
 
-  // Per rank: the peak bytes of parameters, gradients and optimizer state the sharded state held,
-  // the peak resident memory of the process, and the communication of an average step. Rank 0
-  // logs the table and writes it to resources.json in the output directory.
   void report_resources(int64_t first_step) {
-    if (const std::string device = state_->device_memory_report(); !device.empty())
-      spdlog::info("device memory: {}", device);
-    const int64_t steps = std::max<int64_t>(1, step_ - first_step);
-    rusage usage{};
-    getrusage(RUSAGE_SELF, &usage);
-    const StateMemory peak = state_->peak_memory();
-    comm::Traffic t = state_->collectives().traffic();
-    t.all_gather -= validation_traffic_.all_gather;
-    const RankMemory plan =
-        plan_rank_memory(plan_input(e_, config_, world_, static_cast<int>(e_.zero_stage), on_gpu_), rank_);
-    constexpr int kFields = 18;
-    std::vector<double> table(static_cast<size_t>(world_ * kFields), 0.0);
-    double* mine = table.data() + rank_ * kFields;
-    const double values[kFields] = {static_cast<double>(peak.parameters), static_cast<double>(peak.gradients),
-                                    static_cast<double>(peak.optimizer), static_cast<double>(peak.total()),
-                                    static_cast<double>(usage.ru_maxrss) * 1024.0,
-                                    static_cast<double>(t.all_reduce) / static_cast<double>(steps),
-                                    static_cast<double>(t.reduce_scatter) / static_cast<double>(steps),
-                                    static_cast<double>(t.all_gather) / static_cast<double>(steps),
-                                    static_cast<double>(t.total()) / static_cast<double>(steps),
-                                    static_cast<double>(peak_resident_bytes()),
-                                    static_cast<double>(rss_outside_state_),
-                                    static_cast<double>(plan.parameters), static_cast<double>(plan.compute_copy),
-                                    static_cast<double>(plan.gradients), static_cast<double>(plan.optimizer),
-                                    static_cast<double>(plan.activations), static_cast<double>(plan.workspace),
-                                    static_cast<double>(plan.total())};
-    std::copy(values, values + kFields, mine);
-    comm_.all_reduce_host(table.data(), static_cast<int64_t>(table.size()));
-    if (rank_ != 0) return;
-    constexpr double kMiB = 1024.0 * 1024.0;
-    nlohmann::json ranks = nlohmann::json::array();
-    spdlog::info("resources per rank (ZeRO stage {}, {} ranks; MiB; communication per step):", e_.zero_stage, world_);
-    spdlog::info("  rank  params  grads  optim  state  max RSS | all-reduce  reduce-scatter  all-gather  total");
-    for (int r = 0; r < world_; ++r) {
-      const double* v = table.data() + r * kFields;
-      spdlog::info("  {:4d} {:7.1f} {:6.1f} {:6.1f} {:6.1f} {:8.1f} | {:10.1f} {:15.1f} {:11.1f} {:6.1f}", r,
-                   v[0] / kMiB, v[1] / kMiB, v[2] / kMiB, v[3] / kMiB, v[4] / kMiB, v[5] / kMiB, v[6] / kMiB,
-                   v[7] / kMiB, v[8] / kMiB);
-      ranks.push_back({{"rank", r},
-                       {"state_bytes", {{"parameters", v[0]}, {"gradients", v[1]}, {"optimizer", v[2]}, {"total", v[3]}}},
-                       {"max_rss_bytes", v[4]},
-                       // The peak resident memory while training, and what was resident outside the
-                       // state when training began: their difference is what the plan predicts.
-                       {"max_rss_training_bytes", v[9]},
-                       {"rss_outside_state_bytes", v[10]},
-                       {"plan_bytes",
-                        {{"parameters", v[11]}, {"compute_copy", v[12]}, {"gradients", v[13]}, {"optimizer", v[14]},
-                         {"activations", v[15]}, {"workspace", v[16]}, {"total", v[17]}}},
-                       {"bytes_per_step",
-                        {{"all_reduce", v[5]}, {"reduce_scatter", v[6]}, {"all_gather", v[7]}, {"total", v[8]}}}});
-    }
-    const std::string text = nlohmann::json{{"zero_stage", e_.zero_stage}, {"ranks", world_}, {"steps", steps},
-                                            {"per_rank", ranks}}
-                                 .dump(2) + "\n";
-    write_file_atomically(fs::path(e_.out_dir) / "resources.json",
-                          [&](const fs::path& temp) { std::ofstream(temp) << text; });
+    report_run_resources(*state_, comm_,
+                         {e_, config_, rank_, world_, on_gpu_, std::max<int64_t>(1, step_ - first_step),
+                          rss_outside_state_, validation_traffic_});
   }
 
   Experiment e_;
@@ -625,44 +544,6 @@ class Run {
 };
 
 }  // namespace
-
-namespace {
-
-// The checkpoints of a training directory, newest first.
-std::vector<fs::path> checkpoints_newest_first(const fs::path& out_dir) {
-  std::vector<fs::path> found;
-  std::error_code error;
-  if (!fs::is_directory(out_dir, error)) return found;
-  for (const auto& entry : fs::directory_iterator(out_dir, error))
-    if (std::regex_match(entry.path().filename().string(), kCheckpointName)) found.push_back(entry.path());
-  std::sort(found.begin(), found.end(), std::greater<>());
-  return found;
-}
-
-}  // namespace
-
-fs::path latest_checkpoint(const fs::path& out_dir) {
-  const std::vector<fs::path> found = checkpoints_newest_first(out_dir);
-  return found.empty() ? fs::path() : found.front();
-}
-
-fs::path resume_checkpoint(const fs::path& out_dir) {
-  const std::vector<fs::path> found = checkpoints_newest_first(out_dir);
-  std::string newest_reason;
-  for (const fs::path& candidate : found) {
-    try {
-      verify_checkpoint(candidate);
-      return candidate;
-    } catch (const Error& e) {
-      spdlog::warn("--resume: passing over a damaged checkpoint: {}", e.what());
-      if (newest_reason.empty()) newest_reason = e.what();
-    }
-  }
-  if (!found.empty())
-    fail("--resume: none of the {} checkpoints in {} is intact (the newest: {})", found.size(), out_dir.string(),
-         newest_reason);
-  return {};
-}
 
 TrainOutcome train(const Experiment& experiment, bool resume, int64_t stop_after, comm::Communicator* comm) {
   std::unique_ptr<comm::Communicator> alone;

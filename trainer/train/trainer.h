@@ -7,6 +7,7 @@
 
 #include "comm/communicator.h"
 #include "trainer/config/experiment.h"
+#include "trainer/train/run_directory.h"  // latest_checkpoint, resume_checkpoint
 
 namespace dj {
 
@@ -26,14 +27,5 @@ struct TrainOutcome {
 // calls train() with the same experiment.
 TrainOutcome train(const Experiment& experiment, bool resume, int64_t stop_after = 0,
                    comm::Communicator* comm = nullptr);
-
-// The newest checkpoint in a training directory (empty if there is none).
-std::filesystem::path latest_checkpoint(const std::filesystem::path& out_dir);
-
-// The checkpoint `--resume` continues from: the newest one in `out_dir` whose files are complete
-// and match their checksums (verify_checkpoint). Each damaged one passed over is logged as a
-// warning with the reason; if there are checkpoints but none is intact, throws dj::Error rather
-// than starting over. Empty if the directory holds no checkpoint.
-std::filesystem::path resume_checkpoint(const std::filesystem::path& out_dir);
 
 }  // namespace dj
