@@ -1,6 +1,7 @@
 // The DiJiang CPU kernels (kernels/cpu/dijiang.h): the three decay-attention forms against each
 // other and against a literal evaluation of the reference equations, finite-difference checks of
-// every gradient, a long float sequence, decoding, the DCT projection and determinism.
+// every gradient, a long float sequence and determinism. Decoding, the DCT projection and the
+// feature map's values: test_dijiang_values.cpp.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -16,125 +17,16 @@
 
 #include "kernels/core/error.h"
 #include "kernels/cpu/dijiang.h"
+#include "tests/unit/dijiang_test_support.h"
 #include "tests/unit/gradcheck.h"
 
 namespace dj {
 namespace {
 
 using cpu::DecayForm;
-using test::cast_vector;
-using test::dot;
-using test::gradcheck;
-using test::random_vector;
-using test::relative_difference;
+using namespace test;
 
 constexpr double kGradTolerance = 1e-6;
-
-// ‖a − b‖ / ‖b‖.
-double l2_relative(const std::vector<double>& a, const std::vector<double>& b) {
-  double diff = 0.0, norm = 0.0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    diff += (a.at(i) - b[i]) * (a.at(i) - b[i]);
-    norm += b[i] * b[i];
-  }
-  return std::sqrt(diff) / std::max(std::sqrt(norm), 1e-300);
-}
-
-bool all_finite(const std::vector<double>& v) {
-  for (const double x : v)
-    if (!std::isfinite(x)) return false;
-  return true;
-}
-
-// log γ_h of the reference schedule (section 2 step 5): γ_h = 1 − exp(ℓ_h),
-// ℓ = linspace(log(1/32), log(1/512), H), ℓ = log(1/32) for H = 1.
-std::vector<double> schedule_log_gamma(int64_t H) {
-  const double first = std::log(1.0 / 32.0), last = std::log(1.0 / 512.0);
-  std::vector<double> log_gamma(static_cast<size_t>(H));
-  for (int64_t h = 0; h < H; ++h) {
-    const double l = H == 1 ? first : first + (last - first) * static_cast<double>(h) /
-                                                  static_cast<double>(H - 1);
-    log_gamma[static_cast<size_t>(h)] = std::log1p(-std::exp(l));
-  }
-  return log_gamma;
-}
-
-// log γ with γ uniform in (0.5, 0.999).
-std::vector<double> random_log_gamma(int64_t H, uint64_t seed) {
-  std::vector<double> log_gamma = random_vector(static_cast<size_t>(H), seed, 0.5, 0.999);
-  for (double& g : log_gamma) g = std::log(g);
-  return log_gamma;
-}
-
-std::string form_name(DecayForm form, int64_t chunk) {
-  switch (form) {
-    case DecayForm::Parallel:
-      return "parallel";
-    case DecayForm::Recurrent:
-      return "recurrent";
-    case DecayForm::Chunkwise:
-      return "chunkwise(" + std::to_string(chunk) + ")";
-  }
-  return "?";
-}
-
-// ---------------------------------------------------------------------------------------------
-// Decayed attention: one problem, run through any form in float or double.
-
-struct Problem {
-  int64_t B, H, n, m, dv;
-  int64_t BH() const { return B * H; }
-  std::string str() const {
-    return "B " + std::to_string(B) + ", H " + std::to_string(H) + ", n " + std::to_string(n) +
-           ", m " + std::to_string(m) + ", dv " + std::to_string(dv);
-  }
-};
-
-struct Inputs {
-  std::vector<double> fq, fk, v, dout, log_gamma;
-};
-
-// Features are positive with mean row sum 1, like softmax features; v and dO are signed. Every
-// value is rounded to float so that float and double runs see the same inputs.
-Inputs make_inputs(const Problem& p, uint64_t seed, bool schedule_gamma) {
-  const auto rows = static_cast<size_t>(p.BH() * p.n);
-  const double feature_max = 2.0 / static_cast<double>(p.m);
-  Inputs in{random_vector(rows * p.m, seed, 0.0, feature_max),
-            random_vector(rows * p.m, seed + 1, 0.0, feature_max),
-            random_vector(rows * p.dv, seed + 2), random_vector(rows * p.dv, seed + 3),
-            schedule_gamma ? schedule_log_gamma(p.H) : random_log_gamma(p.H, seed + 4)};
-  for (auto* v : {&in.fq, &in.fk, &in.v, &in.dout, &in.log_gamma})
-    for (double& x : *v) x = static_cast<float>(x);
-  return in;
-}
-
-struct Outputs {
-  std::vector<double> o, dfq, dfk, dv, dlog_gamma;
-};
-
-template <typename T>
-Outputs run_form(const Inputs& in, const Problem& p, DecayForm form, int64_t chunk) {
-  const auto fq = cast_vector<T>(in.fq), fk = cast_vector<T>(in.fk), v = cast_vector<T>(in.v);
-  const auto dout = cast_vector<T>(in.dout), log_gamma = cast_vector<T>(in.log_gamma);
-  std::vector<T> o(v.size()), dfq(fq.size()), dfk(fk.size()), dv(v.size());
-  std::vector<T> dlog_gamma(log_gamma.size(), T(0));
-  cpu::decay_attention_forward(o.data(), fq.data(), fk.data(), v.data(), log_gamma.data(), p.BH(),
-                               p.H, p.n, p.m, p.dv, form, chunk);
-  cpu::decay_attention_backward(dfq.data(), dfk.data(), dv.data(), dlog_gamma.data(), dout.data(),
-                                fq.data(), fk.data(), v.data(), log_gamma.data(), p.BH(), p.H,
-                                p.n, p.m, p.dv, form, chunk);
-  return {cast_vector<double>(o), cast_vector<double>(dfq), cast_vector<double>(dfk),
-          cast_vector<double>(dv), cast_vector<double>(dlog_gamma)};
-}
-
-void expect_outputs_close(const Outputs& got, const Outputs& want, double tolerance,
-                          const std::string& context) {
-  EXPECT_LE(l2_relative(got.o, want.o), tolerance) << "o, " << context;
-  EXPECT_LE(l2_relative(got.dfq, want.dfq), tolerance) << "dfq, " << context;
-  EXPECT_LE(l2_relative(got.dfk, want.dfk), tolerance) << "dfk, " << context;
-  EXPECT_LE(l2_relative(got.dv, want.dv), tolerance) << "dv, " << context;
-  EXPECT_LE(l2_relative(got.dlog_gamma, want.dlog_gamma), tolerance) << "dlog_gamma, " << context;
-}
 
 struct Run {
   DecayForm form;
@@ -319,19 +211,6 @@ TEST(DiJiangGradcheck, SiluGate) {
 // A_ij = ⟨φ(q_i), φ(k_j)⟩ D1[i] D2[j] (j <= i), o = A v, with φ(x) = softmax(x · P). γ^(−j) is
 // harmless in double at these lengths (γ^(−256) < 4e3 for the schedule's smallest γ, 31/32).
 
-// φ(x) = softmax(x · P) of one row, in plain loops.
-std::vector<double> literal_features(const double* x, const std::vector<double>& P, int64_t d) {
-  std::vector<double> z(d, 0.0);
-  for (int64_t j = 0; j < d; ++j)
-    for (int64_t k = 0; k < d; ++k) z[j] += x[k] * P[k * d + j];
-  double max = z[0];
-  for (const double value : z) max = std::max(max, value);
-  double sum = 0.0;
-  for (double& value : z) sum += value = std::exp(value - max);
-  for (double& value : z) value /= sum;
-  return z;
-}
-
 TEST(DiJiangReference, LiteralEquationsMatchFeatureMapAndEveryForm) {
   const int64_t B = 1, H = 2, d = 16, BH = B * H;
   std::mt19937_64 gen(700);
@@ -414,139 +293,6 @@ TEST(DiJiangLongSequence, Float16kTokensFiniteAndAccurate) {
   expect_outputs_close(chunkwise, want, 1e-5, "float chunkwise vs double");
   expect_outputs_close(recurrent, want, 1e-5, "float recurrent vs double");
   expect_outputs_close(chunkwise, recurrent, 1e-5, "float chunkwise vs float recurrent");
-}
-
-// ---------------------------------------------------------------------------------------------
-// Decoding: steps reproduce the forward, prefill equals the stepped state, and steps continue a
-// prefilled state.
-
-template <typename T>
-void check_decoding(double tolerance) {
-  const Problem p{2, 3, 37, 5, 7};
-  const int64_t BH = p.BH(), prefix = 20;
-  const Inputs in = make_inputs(p, 900, false);
-  const auto fq = cast_vector<T>(in.fq), fk = cast_vector<T>(in.fk), v = cast_vector<T>(in.v);
-  const auto log_gamma = cast_vector<T>(in.log_gamma);
-  const std::vector<double> want = run_form<double>(in, p, DecayForm::Parallel, 0).o;
-
-  // Runs the steps for positions [from, n) from `state`; returns the outputs of those positions.
-  auto run_steps = [&](std::vector<T>& state, int64_t from) {
-    std::vector<double> outputs(BH * p.n * p.dv, 0.0);
-    std::vector<T> q(BH * p.m), k(BH * p.m), x(BH * p.dv), o(BH * p.dv);
-    for (int64_t i = from; i < p.n; ++i) {
-      for (int64_t bh = 0; bh < BH; ++bh) {
-        std::copy_n(fq.begin() + (bh * p.n + i) * p.m, p.m, q.begin() + bh * p.m);
-        std::copy_n(fk.begin() + (bh * p.n + i) * p.m, p.m, k.begin() + bh * p.m);
-        std::copy_n(v.begin() + (bh * p.n + i) * p.dv, p.dv, x.begin() + bh * p.dv);
-      }
-      cpu::decay_attention_step(o.data(), state.data(), q.data(), k.data(), x.data(),
-                                log_gamma.data(), BH, p.H, p.m, p.dv);
-      for (int64_t bh = 0; bh < BH; ++bh)
-        std::copy_n(o.begin() + bh * p.dv, p.dv, outputs.begin() + (bh * p.n + i) * p.dv);
-    }
-    return outputs;
-  };
-
-  std::vector<T> stepped(BH * p.m * p.dv, T(0));
-  EXPECT_LE(relative_difference(run_steps(stepped, 0), want), tolerance) << "steps from 0";
-
-  for (const int64_t chunk : {1, 4, 16, 64}) {
-    std::vector<T> state(stepped.size(), T(-1));  // overwritten, not accumulated
-    cpu::decay_attention_prefill_state(state.data(), fk.data(), v.data(), log_gamma.data(), BH,
-                                       p.H, p.n, p.m, p.dv, chunk);
-    EXPECT_LE(relative_difference(cast_vector<double>(state), cast_vector<double>(stepped)),
-              tolerance)
-        << "prefill of " << p.n << " tokens, chunk " << chunk;
-  }
-
-  // Prefill the first `prefix` positions (rows of length n read only up to prefix, so the rows
-  // are copied out), then decode the rest.
-  std::vector<T> fk_prefix(BH * prefix * p.m), v_prefix(BH * prefix * p.dv);
-  for (int64_t bh = 0; bh < BH; ++bh) {
-    std::copy_n(fk.begin() + bh * p.n * p.m, prefix * p.m, fk_prefix.begin() + bh * prefix * p.m);
-    std::copy_n(v.begin() + bh * p.n * p.dv, prefix * p.dv, v_prefix.begin() + bh * prefix * p.dv);
-  }
-  std::vector<T> state(stepped.size());
-  cpu::decay_attention_prefill_state(state.data(), fk_prefix.data(), v_prefix.data(),
-                                     log_gamma.data(), BH, p.H, prefix, p.m, p.dv, 16);
-  const std::vector<double> continued = run_steps(state, prefix);
-  std::vector<double> want_tail(want.size(), 0.0);
-  for (int64_t bh = 0; bh < BH; ++bh)
-    for (int64_t i = prefix; i < p.n; ++i)
-      for (int64_t e = 0; e < p.dv; ++e)
-        want_tail[(bh * p.n + i) * p.dv + e] = want[(bh * p.n + i) * p.dv + e];
-  EXPECT_LE(relative_difference(continued, want_tail), tolerance) << "prefill then steps";
-}
-
-TEST(DiJiangDecoding, StepsMatchForwardAndPrefill) {
-  check_decoding<double>(1e-12);
-  check_decoding<float>(1e-5);
-}
-
-// ---------------------------------------------------------------------------------------------
-// The DCT projection and the feature map's values.
-
-TEST(DiJiangDct, OrthonormalDctTwoTimesDiagonal) {
-  for (const int64_t d : {1, 7, 64}) {
-    const std::vector<double> ones(d, 1.0);
-    std::vector<double> C(d * d);
-    cpu::dct_projection(C.data(), ones.data(), d);
-    double worst_identity = 0.0, worst_definition = 0.0;
-    for (int64_t a = 0; a < d; ++a)
-      for (int64_t b = 0; b < d; ++b) {
-        double sum = 0.0;
-        for (int64_t j = 0; j < d; ++j) sum += C[a * d + j] * C[b * d + j];
-        worst_identity = std::max(worst_identity, std::abs(sum - (a == b ? 1.0 : 0.0)));
-        // DCT-II: C[k][j] = s_k cos(π (j + 1/2) k / d), evaluated in long double.
-        const long double scale = std::sqrt((a == 0 ? 1.0L : 2.0L) / static_cast<long double>(d));
-        const long double angle = std::numbers::pi_v<long double> * (b + 0.5L) * a / d;
-        const long double entry = scale * std::cos(angle);
-        worst_definition =
-            std::max(worst_definition, static_cast<double>(std::abs(C[a * d + b] - entry)));
-      }
-    EXPECT_LE(worst_identity, 1e-14) << "C Cᵀ = I, d " << d;
-    EXPECT_LE(worst_definition, 1e-15) << "DCT-II definition, d " << d;
-
-    const auto t = random_vector(d, 1000 + d, -3.0, 3.0);
-    std::vector<double> P(d * d);
-    cpu::dct_projection(P.data(), t.data(), d);
-    std::vector<float> P_float(d * d);
-    cpu::dct_projection(P_float.data(), t.data(), d);
-    for (int64_t k = 0; k < d; ++k)
-      for (int64_t j = 0; j < d; ++j) {
-        EXPECT_NEAR(P[k * d + j], C[k * d + j] * t[j], 1e-15) << "P = C diag(t), d " << d;
-        EXPECT_EQ(P_float[k * d + j], static_cast<float>(P[k * d + j])) << "float P, d " << d;
-      }
-  }
-}
-
-// Rows sum to 1, large inputs do not overflow (max subtraction), float matches double.
-TEST(DiJiangFeatureMap, SoftmaxOfProjection) {
-  const int64_t rows = 300, d = 64;
-  const auto t = random_vector(d, 1100, -2.0, 2.0);
-  std::vector<double> P(d * d);
-  cpu::dct_projection(P.data(), t.data(), d);
-  auto x = random_vector(rows * d, 1101, -3.0, 3.0);
-  for (int64_t j = 0; j < d; ++j) x[j] *= 100.0;  // scores in the hundreds
-  std::vector<double> s(rows * d);
-  cpu::feature_map_forward(s.data(), x.data(), P.data(), rows, d);
-  for (int64_t r = 0; r < rows; ++r) {
-    double sum = 0.0;
-    for (int64_t j = 0; j < d; ++j) sum += s[r * d + j];
-    EXPECT_NEAR(sum, 1.0, 1e-14) << "row " << r;
-  }
-  EXPECT_TRUE(all_finite(s));
-  EXPECT_NEAR(s[0], literal_features(x.data(), P, d)[0], 1e-15);
-
-  const auto xf = cast_vector<float>(x);
-  std::vector<float> Pf(d * d), sf(rows * d);
-  cpu::dct_projection(Pf.data(), t.data(), d);
-  cpu::feature_map_forward(sf.data(), xf.data(), Pf.data(), rows, d);
-  // Scores of ~300 carry float rounding of ~300 * 6e-8 in the exponent.
-  EXPECT_LE(relative_difference(sf, s), 1e-4);
-  std::vector<double> rest_s(s.begin() + d, s.end());
-  std::vector<float> rest_sf(sf.begin() + d, sf.end());
-  EXPECT_LE(relative_difference(rest_sf, rest_s), 1e-5);
 }
 
 // ---------------------------------------------------------------------------------------------
