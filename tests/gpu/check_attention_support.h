@@ -162,6 +162,17 @@ inline constexpr double kPeakBytes = 4.3e12;
 
 inline double floor_ms(double flops, double bytes) { return 1e3 * std::max(flops / kPeakFlops, bytes / kPeakBytes); }
 
+// One row of the benchmark table: `flops` and `bytes` of one call give the rates and the floor.
+inline void bench_row(Context& ctx, const std::string& name, double ms, double flops, double bytes) {
+  BenchRow r;
+  r.name = name;
+  r.ms = ms;
+  r.tflops = flops / (ms * 1e-3) / 1e12;
+  r.gbps = bytes / (ms * 1e-3) / 1e9;
+  r.floor_ms = floor_ms(flops, bytes);
+  ctx.bench(r);
+}
+
 // A bf16 device tensor of `count` random N(0, 1) values: 1 Mi values drawn on the host, then
 // replicated on the device by doubling copies.
 inline DeviceBuffer<uint16_t> random_bf16(Context& ctx, size_t count) {

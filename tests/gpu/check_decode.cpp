@@ -17,59 +17,11 @@
 #include "kernels/core/dtype.h"
 #include "kernels/cpu/decode.h"
 #include "kernels/cuda/decode.h"
-#include "tests/gpu/check.h"
+#include "tests/gpu/check_attention_support.h"
 
 namespace {
 
-using dj::gpucheck::Context;
-using dj::gpucheck::DeviceBuffer;
-using bf16 = __nv_bfloat16;
-
-template <typename T>
-using Store = std::conditional_t<std::is_same_v<T, float>, float, uint16_t>;
-
-// The values as T stores them (bf16: rounded), and their device copy.
-template <typename T>
-std::vector<float> representable(std::vector<float> x) {
-  if constexpr (!std::is_same_v<T, float>)
-    for (float& v : x) v = dj::bf16_to_float(dj::float_to_bf16(v));
-  return x;
-}
-template <typename T>
-DeviceBuffer<Store<T>> upload(const std::vector<float>& x) {
-  if constexpr (std::is_same_v<T, float>) {
-    return DeviceBuffer<float>(x);
-  } else {
-    std::vector<uint16_t> bits(x.size());
-    for (size_t i = 0; i < x.size(); ++i) bits[i] = dj::float_to_bf16(x[i]);
-    return DeviceBuffer<uint16_t>(bits);
-  }
-}
-template <typename T>
-std::vector<double> download(const DeviceBuffer<Store<T>>& buffer) {
-  const auto host = buffer.download();
-  std::vector<double> out(host.size());
-  for (size_t i = 0; i < host.size(); ++i) {
-    if constexpr (std::is_same_v<T, float>)
-      out[i] = host[i];
-    else
-      out[i] = dj::bf16_to_float(host[i]);
-  }
-  return out;
-}
-template <typename T>
-T* device(const DeviceBuffer<Store<T>>& buffer) {
-  return reinterpret_cast<T*>(buffer.get());
-}
-std::vector<double> to_double(const std::vector<float>& x) { return {x.begin(), x.end()}; }
-template <typename T>
-const char* type_name() {
-  return std::is_same_v<T, float> ? "fp32" : "bf16";
-}
-template <typename T>
-double threshold() {
-  return std::is_same_v<T, float> ? 1e-5 : 1e-2;
-}
+using namespace dj::gpucheck::attention_check;
 
 template <typename T>
 void check_cached_attention(Context& ctx, int64_t BH, int64_t len, int64_t capacity, int64_t d) {
@@ -85,7 +37,7 @@ void check_cached_attention(Context& ctx, int64_t BH, int64_t len, int64_t capac
   auto v_dev = upload<T>(v);
   DeviceBuffer<Store<T>> o_dev(rows);
   ctx.poison(o_dev);
-  dj::cuda::cached_attention_step<T>(device<T>(o_dev), device<T>(q_dev), device<T>(k_dev), device<T>(v_dev), BH, len,
+  dj::cuda::cached_attention_step<T>(dptr<T>(o_dev), dptr<T>(q_dev), dptr<T>(k_dev), dptr<T>(v_dev), BH, len,
                                      capacity, d, scale, ctx.stream);
   ctx.sync("cached_attention_step");
   std::vector<double> expected(rows);
@@ -100,7 +52,7 @@ void check_copy_rows(Context& ctx, int64_t rows, int64_t width, int64_t src_stri
   const std::vector<float> dst0 = representable<T>(ctx.normal(static_cast<size_t>(rows * dst_stride)));
   auto src_dev = upload<T>(src);
   auto dst_dev = upload<T>(dst0);
-  dj::cuda::copy_rows<T>(device<T>(dst_dev), dst_stride, device<T>(src_dev), src_stride, rows, width, ctx.stream);
+  dj::cuda::copy_rows<T>(dptr<T>(dst_dev), dst_stride, dptr<T>(src_dev), src_stride, rows, width, ctx.stream);
   ctx.sync("copy_rows");
   std::vector<double> expected = to_double(dst0);
   const std::vector<double> src_d = to_double(src);

@@ -115,17 +115,6 @@ DJ_GPU_CHECK(dijiang_feature_map_heads) {
 
 // ---- benchmarks ------------------------------------------------------------------------------------
 
-// One row of the benchmark table: `flops` and `bytes` of one call give the rates and the floor.
-void bench_row(Context& ctx, const std::string& name, double ms, double flops, double bytes) {
-  BenchRow r;
-  r.name = name;
-  r.ms = ms;
-  r.tflops = flops / (ms * 1e-3) / 1e12;
-  r.gbps = bytes / (ms * 1e-3) / 1e9;
-  r.floor_ms = floor_ms(flops, bytes);
-  ctx.bench(r);
-}
-
 // The feature maps of the 410M model's queries (or keys) of one micro-batch, bf16: B = 4, H = 16,
 // 2048 tokens at each head size. Feature map: x · P (2 d² FLOPs per row) and a softmax, reading x
 // and writing s forward, reading ds and s and writing dx backward. Feature weights: elementwise,

@@ -89,17 +89,6 @@ DJ_GPU_CHECK(dijiang_group_norm_gate) {
 
 // ---- benchmarks ------------------------------------------------------------------------------------
 
-// One row of the benchmark table: `flops` and `bytes` of one call give the rates and the floor.
-void bench_row(Context& ctx, const std::string& name, double ms, double flops, double bytes) {
-  BenchRow r;
-  r.name = name;
-  r.ms = ms;
-  r.tflops = flops / (ms * 1e-3) / 1e12;
-  r.gbps = bytes / (ms * 1e-3) / 1e9;
-  r.floor_ms = floor_ms(flops, bytes);
-  ctx.bench(r);
-}
-
 // The 410M model's attention outputs of one micro-batch, bf16: 8192 tokens x 1024 channels, in the
 // reference's 64 groups (head_dim) and per head (16). Forward reads x and g and writes y; backward
 // reads dy, x and g and writes dx and dg (w, b, mean and rstd are small).
