@@ -17,18 +17,18 @@ DeviceProbe probe_devices() {
 
 namespace dj::gpu {
 
-std::unique_ptr<TrainingState> make_training_state(const ModelConfig&, int, const std::string&, comm::Communicator&,
+std::unique_ptr<TrainingState> make_training_state(const ModelConfig&, int, Precision, comm::Communicator&,
                                                    int64_t, const std::string&) {
   fail("this build of dijiang has no CUDA backend");
 }
 
 DeviceMemory device_memory() { fail("this build of dijiang has no CUDA backend"); }
 
-EvalResult evaluate(ModelSource, const std::vector<int32_t>&, int64_t, int64_t, const std::string&) {
+EvalResult evaluate(ModelSource, const std::vector<int32_t>&, int64_t, int64_t, Precision) {
   fail("this build of dijiang has no CUDA backend");
 }
 
-std::unique_ptr<Decoder> make_decoder(ModelSource, const std::string&) {
+std::unique_ptr<Decoder> make_decoder(ModelSource, Precision) {
   fail("this build of dijiang has no CUDA backend");
 }
 
