@@ -1,14 +1,14 @@
 // Kernel execution of the CUDA emulation. A launch runs on its device's worker thread, one block
-// at a time; the threads of a block are fibers (boost.context) on pooled, guard-protected stacks,
-// switched only at barriers and warp-synchronous operations. Here: the scheduler, __syncthreads,
-// the warp operations (shuffles, votes, __syncwarp, ldmatrix, mma.sync), cp.async with deferred
-// completion, the dynamic shared memory of a block, and the fault handler that names the kernel.
+// at a time; the threads of a block are fibers (boost.context) on pooled, guard-protected stacks
+// (fiber_stacks.cpp), switched only at barriers and warp-synchronous operations. Here: the
+// scheduler, __syncthreads, the scheduling of the warp operations (shuffles, votes, __syncwarp,
+// ldmatrix, mma.sync; their arithmetic is in warp_math.cpp), cp.async with deferred completion, the
+// dynamic shared memory of a block, and the fault handler that names the kernel.
 #include <signal.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
 #include <boost/context/fiber.hpp>
-#include <boost/context/stack_context.hpp>
 
 #include <algorithm>
 #include <array>
@@ -19,7 +19,9 @@
 #include <numeric>
 #include <vector>
 
+#include "fiber_stacks.h"
 #include "internal.h"
+#include "warp_math.h"
 
 namespace ctx = boost::context;
 
@@ -30,68 +32,12 @@ __thread const char* current_operation = nullptr;
 
 namespace {
 
-constexpr size_t kStackBytes = 256 * 1024;
-
-size_t page_bytes() {
-  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  return page;
-}
-
-// Guard pages of the fiber stacks, for the fault handler (appended only, read lock-free).
-constexpr int kMaxStackGuards = 1 << 16;
-std::array<std::atomic<uintptr_t>, kMaxStackGuards> g_stack_guards{};
-std::atomic<int> g_stack_guard_count{0};
-
-// ---- fiber stacks ------------------------------------------------------------------------------------
-
-struct StackPool {
-  std::vector<char*> free;  // usable bottom (just above the guard page) of each idle stack
-
-  ctx::stack_context take() {
-    char* bottom = nullptr;
-    if (!free.empty()) {
-      bottom = free.back();
-      free.pop_back();
-    } else {
-      const size_t page = page_bytes();
-      void* map = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-      if (map == MAP_FAILED) fatal("cannot map a %zu-byte fiber stack", kStackBytes);
-      mprotect(map, page, PROT_NONE);
-      const int slot = g_stack_guard_count.fetch_add(1);
-      if (slot < kMaxStackGuards) g_stack_guards[static_cast<size_t>(slot)] = reinterpret_cast<uintptr_t>(map);
-      bottom = static_cast<char*>(map) + page;
-    }
-    ctx::stack_context sc;
-    sc.size = kStackBytes;
-    sc.sp = bottom + kStackBytes;
-    return sc;
-  }
-  void give(ctx::stack_context& sc) { free.push_back(static_cast<char*>(sc.sp) - sc.size); }
-};
-
-// boost.context's StackAllocator concept over a StackPool.
-struct PooledStack {
-  StackPool* pool;
-  ctx::stack_context allocate() { return pool->take(); }
-  void deallocate(ctx::stack_context& sc) noexcept { pool->give(sc); }
-};
-
 // ---- threads, warps, blocks ----------------------------------------------------------------------------
 
 struct CpCopy {
   unsigned char* dst;
   unsigned char bytes[16];
   int size;
-};
-
-// One lane's operands and results of a warp operation.
-struct LaneSlot {
-  uint64_t in = 0, out = 0;
-  int arg = 0, width = 32, predicate = 0;
-  const void* address = nullptr;
-  uint32_t a[4] = {}, b[2] = {}, r[4] = {};
-  float c[4] = {}, d[4] = {};
 };
 
 enum class Wait : uint8_t { Runnable, Barrier, Warp, Exited };
@@ -265,90 +211,6 @@ void thread_exit(EmuThread& t) {
 
 EmuThread& lane_thread(Block& b, int warp, int lane) { return b.threads[warp * 32 + lane]; }
 
-int shuffle_source(int lane, int kind, int arg, int width) {
-  const int base = lane & ~(width - 1);
-  switch (kind) {
-    case 0: return base + (arg & (width - 1));
-    case 1: return lane - arg >= base ? lane - arg : lane;
-    case 2: return lane + arg < base + width ? lane + arg : lane;
-    default: {
-      const int src = lane ^ arg;
-      return src < base + width ? src : lane;  // later groups are out of reach: own value
-    }
-  }
-}
-
-// Loads the 8 x 8 b16 matrices of an ldmatrix from the row addresses of lanes 8i .. 8i + 7.
-void complete_ldmatrix(Block& b, int warp, const WarpOp& op) {
-  const int count = op.sub & 7;
-  const bool trans = (op.sub & 8) != 0;
-  uint16_t m[4][8][8];
-  for (int i = 0; i < count; ++i)
-    for (int row = 0; row < 8; ++row) {
-      const EmuThread& src = lane_thread(b, warp, 8 * i + row);
-      const auto* p = static_cast<const unsigned char*>(src.slot.address);
-      std::memcpy(m[i][row], p, 16);
-    }
-  for (int lane = 0; lane < 32; ++lane) {
-    if ((op.mask >> lane & 1u) == 0) continue;
-    const int group = lane >> 2, pair = 2 * (lane & 3);
-    LaneSlot& s = lane_thread(b, warp, lane).slot;
-    for (int i = 0; i < count; ++i) {
-      // Without .trans lane l holds row l/4, columns 2(l%4) and 2(l%4)+1; with .trans the matrix
-      // is read column-major: rows 2(l%4) and 2(l%4)+1 of column l/4.
-      const uint16_t lo = trans ? m[i][pair][group] : m[i][group][pair];
-      const uint16_t hi = trans ? m[i][pair + 1][group] : m[i][group][pair + 1];
-      s.r[i] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
-    }
-  }
-}
-
-float bf16_value(uint32_t bits16) {
-  const uint32_t u = bits16 << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-// mma.m16n8k16 .row.col f32.bf16.bf16.f32, fragments as the PTX ISA lays them out:
-// groupID g = lane >> 2, t = lane % 4;
-//   A (16 x 16): a[0] = (g, 2t..2t+1), a[1] = (g+8, 2t..2t+1), a[2] = (g, 2t+8..2t+9), a[3] = (g+8, 2t+8..2t+9)
-//   B (16 x 8):  b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
-//   C, D (16 x 8): c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)
-// (the lower half of each 32-bit register is the first element). Products of bf16 values are exact
-// in fp32; they are accumulated onto C in fp32, in k order.
-void complete_mma(Block& b, int warp) {
-  float A[16][16], B[16][8], C[16][8];
-  for (int lane = 0; lane < 32; ++lane) {
-    const LaneSlot& s = lane_thread(b, warp, lane).slot;
-    const int g = lane >> 2, t = 2 * (lane & 3);
-    for (int h = 0; h < 2; ++h) {
-      A[g][t + h] = bf16_value(s.a[0] >> (16 * h) & 0xffffu);
-      A[g + 8][t + h] = bf16_value(s.a[1] >> (16 * h) & 0xffffu);
-      A[g][t + 8 + h] = bf16_value(s.a[2] >> (16 * h) & 0xffffu);
-      A[g + 8][t + 8 + h] = bf16_value(s.a[3] >> (16 * h) & 0xffffu);
-      B[t + h][g] = bf16_value(s.b[0] >> (16 * h) & 0xffffu);
-      B[t + 8 + h][g] = bf16_value(s.b[1] >> (16 * h) & 0xffffu);
-      C[g][t + h] = s.c[h];
-      C[g + 8][t + h] = s.c[2 + h];
-    }
-  }
-  for (int i = 0; i < 16; ++i)
-    for (int j = 0; j < 8; ++j) {
-      float acc = C[i][j];
-      for (int k = 0; k < 16; ++k) acc += A[i][k] * B[k][j];
-      C[i][j] = acc;
-    }
-  for (int lane = 0; lane < 32; ++lane) {
-    LaneSlot& s = lane_thread(b, warp, lane).slot;
-    const int g = lane >> 2, t = 2 * (lane & 3);
-    s.d[0] = C[g][t];
-    s.d[1] = C[g][t + 1];
-    s.d[2] = C[g + 8][t];
-    s.d[3] = C[g + 8][t + 1];
-  }
-}
-
 void complete(Block& b, int warp, const WarpOp& op) {
   switch (op.kind) {
     case WarpKind::Syncwarp: break;
@@ -372,8 +234,16 @@ void complete(Block& b, int warp, const WarpOp& op) {
         if ((op.mask >> lane & 1u) != 0) lane_thread(b, warp, lane).slot.out = result;
       break;
     }
-    case WarpKind::Ldmatrix: complete_ldmatrix(b, warp, op); break;
-    case WarpKind::Mma: complete_mma(b, warp); break;
+    case WarpKind::Ldmatrix:
+    case WarpKind::Mma: {
+      LaneSlot* lanes[32];
+      for (int lane = 0; lane < 32; ++lane) lanes[lane] = &lane_thread(b, warp, lane).slot;
+      if (op.kind == WarpKind::Mma)
+        mma_lanes(lanes);
+      else
+        ldmatrix_lanes(lanes, op.mask, op.sub & 7, (op.sub & 8) != 0);
+      break;
+    }
   }
 }
 
@@ -523,12 +393,7 @@ void on_fault(int signal, siginfo_t* info, void*) {
     place = strprintf("past the end of the block's %zu bytes of dynamic shared memory",
                       t_block != nullptr ? t_block->shared_bytes : size_t{0});
   } else {
-    const int guards = std::min(g_stack_guard_count.load(), kMaxStackGuards);
-    for (int i = 0; i < guards; ++i) {
-      const uintptr_t guard = g_stack_guards[static_cast<size_t>(i)].load();
-      if (address >= guard && address < guard + page) place = "stack overflow of an emulated thread";
-    }
-    if (place.empty()) place = describe_address(address, false);
+    place = in_stack_guard(address) ? "stack overflow of an emulated thread" : describe_address(address, false);
   }
   int length = 0;
   if (t_kernel != nullptr) {

@@ -178,4 +178,35 @@ void install_fault_handler();
 // Called in a forked child: the parent's devices and workers do not exist there.
 void reset_after_fork();
 
+// ---- process-wide state (src/runtime.cpp; replaced in a forked child) ----------------------------
+struct FreedRange {
+  uintptr_t begin = 0;
+  size_t size = 0;
+};
+
+struct State {
+  std::mutex mutex;  // allocations, stream and event handles, event fields, devices
+  std::map<uintptr_t, Allocation> allocations;
+  FreedRange freed[64];
+  size_t freed_next = 0;
+  std::unordered_set<CUstream_st*> streams;
+  std::unordered_set<CUevent_st*> events;
+  std::vector<std::unique_ptr<Device>> devices;
+  std::vector<std::unique_ptr<CUstream_st>> stream_storage;  // never freed: events and waits refer to them
+  std::vector<std::unique_ptr<CUevent_st>> event_storage;
+};
+
+// The state, created on first use (with the fork handlers and the fault handler).
+State& state();
+
+// The calling host thread's current device (cudaSetDevice) and last error (cudaGetLastError).
+extern thread_local int t_device;
+extern thread_local cudaError_t t_last_error;
+
+// Maps an allocation with guard pages, NaN-filled, with a canary after its end (device_index -1:
+// page-locked host memory), or sets and returns the error.
+cudaError_t allocate(void** out, size_t size, int device_index);
+// Unmaps `a` and forgets it (the address range stays known for fault messages).
+void release_allocation(const Allocation& a);
+
 }  // namespace dj::emu

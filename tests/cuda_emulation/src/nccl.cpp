@@ -1,7 +1,5 @@
-// NCCL of the CUDA emulation. The unique id names a POSIX shared-memory segment created by
-// ncclGetUniqueId and unlinked at once (a crashed job leaves nothing behind): the ranks, threads
-// of one process or separate processes on this host, open it through /proc/<creator>/fd/<fd> and
-// map it once per process. Collectives are stream operations: each runs on its rank's device
+// NCCL of the CUDA emulation. The unique id names a shared-memory segment (nccl_segment.cpp) that
+// the ranks, threads of one process or separate processes on this host, map. Collectives are stream operations: each runs on its rank's device
 // worker, exchanging data through per-rank chunks of the segment between barriers of a
 // process-shared mutex and condition variable. Every wait is timed (DIJIANG_EMU_NCCL_TIMEOUT_S):
 // a collective whose peer never arrives fails with ncclSystemError, reported by
@@ -10,10 +8,7 @@
 // ranks also check that they call the same collectives with the same counts.
 #include <nccl.h>
 
-#include <fcntl.h>
 #include <pthread.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -21,118 +16,23 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
-#include <map>
 #include <memory>
 #include <mutex>
-#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "internal.h"
+#include "nccl_segment.h"
+
+using namespace dj::emu::nccl;
 
 namespace {
 
 using dj::emu::strprintf;
 
-constexpr char kMagic[] = "dj-emu-nccl";
-constexpr uint64_t kHeaderMagic = 0x6e63636c2d656d75ull;
-constexpr int kMaxRanks = 64;
-constexpr size_t kChunk = 32768;  // floats per rank and round
-
-struct RankRecord {
-  int present;
-  int pid;
-  int device;
-  int kind;  // collective being entered, for the consistency check
-  int root;
-  unsigned long long count;
-};
-
-struct Header {
-  uint64_t magic;
-  pthread_mutex_t mutex;
-  pthread_cond_t cond;
-  int nranks;
-  int joined;
-  int failed;  // a rank failed or aborted: the others stop waiting
-  int arrived;
-  unsigned long long generation;
-  RankRecord ranks[kMaxRanks];
-};
-
-size_t header_bytes() { return (sizeof(Header) + 4095) / 4096 * 4096; }
-size_t segment_bytes() { return header_bytes() + kMaxRanks * kChunk * sizeof(float); }
-
-// ---- process-wide: ids created here (their fd keeps the unlinked segment reachable) and one
-// mapping per segment ----------------------------------------------------------------------------
-
-struct Mapping {
-  void* base = nullptr;
-  int users = 0;
-};
-
-std::mutex g_mutex;
-std::map<std::string, int> g_created;     // id text -> fd
-std::map<std::string, Mapping> g_mapped;  // id text -> mapping
-
 thread_local int t_group_depth = 0;
 thread_local std::string t_last_error;
-
-struct Id {
-  int pid = 0, fd = -1;
-  std::string text;
-};
-
-bool parse(const ncclUniqueId& id, Id* out) {
-  char magic[16] = {}, name[96] = {};
-  int pid = 0, fd = -1;
-  std::string text(id.internal, strnlen(id.internal, sizeof id.internal));
-  if (std::sscanf(text.c_str(), "%15s %d %d %95s", magic, &pid, &fd, name) != 4 || std::strcmp(magic, kMagic) != 0)
-    return false;
-  *out = Id{pid, fd, text};
-  return true;
-}
-
-timespec deadline_after(double seconds) {
-  timespec ts{};
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  const double whole = static_cast<double>(static_cast<long long>(seconds));
-  ts.tv_sec += static_cast<time_t>(whole);
-  ts.tv_nsec += static_cast<long>((seconds - whole) * 1e9);
-  if (ts.tv_nsec >= 1000000000L) {
-    ts.tv_sec += 1;
-    ts.tv_nsec -= 1000000000L;
-  }
-  return ts;
-}
-
-void lock(Header* h) {
-  const int r = pthread_mutex_lock(&h->mutex);
-  if (r == EOWNERDEAD) {  // a rank died holding the lock
-    pthread_mutex_consistent(&h->mutex);
-    h->failed = 1;
-  }
-}
-void unlock(Header* h) { pthread_mutex_unlock(&h->mutex); }
-
-enum class Waited { Done, Failed, Timeout };
-
-// With the lock held: waits until done() or a rank failed or the deadline.
-template <class Done>
-Waited wait_for(Header* h, Done&& done, const timespec& deadline) {
-  while (!done()) {
-    if (h->failed) return Waited::Failed;
-    const int r = pthread_cond_timedwait(&h->cond, &h->mutex, &deadline);
-    if (r == EOWNERDEAD) {
-      pthread_mutex_consistent(&h->mutex);
-      h->failed = 1;
-    } else if (r == ETIMEDOUT) {
-      return done() ? Waited::Done : Waited::Timeout;
-    }
-  }
-  return Waited::Done;
-}
 
 enum Kind { kAllReduce, kReduce, kBroadcast, kReduceScatter, kAllGather };
 const char* kind_name(int kind) {
@@ -361,12 +261,7 @@ void release_stuck(ncclComm& c) {
 }
 
 void detach(ncclComm* c) {
-  std::lock_guard<std::mutex> lock(g_mutex);
-  auto it = g_mapped.find(c->id);
-  if (it != g_mapped.end() && --it->second.users == 0) {
-    munmap(it->second.base, segment_bytes());  // the segment is gone once every rank has left
-    g_mapped.erase(it);
-  }
+  detach_segment(c->id);
   delete c;
 }
 
@@ -382,43 +277,8 @@ ncclResult_t ncclGetVersion(int* version) {
 
 ncclResult_t ncclGetUniqueId(ncclUniqueId* uniqueId) {
   if (uniqueId == nullptr) return fail(ncclInvalidArgument, "ncclGetUniqueId: null id");
-  static std::atomic<unsigned> counter{0};
-  std::random_device random;
-  const std::string name = strprintf("/dj-emu-nccl-%d-%u-%08x", static_cast<int>(getpid()), counter.fetch_add(1),
-                                     static_cast<unsigned>(random()));
-  const int fd = shm_open(name.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
-  if (fd < 0) return fail(ncclSystemError, strprintf("ncclGetUniqueId: shm_open %s: %s", name.c_str(), std::strerror(errno)));
-  shm_unlink(name.c_str());  // reachable through the descriptor only: nothing outlives the job
-  if (ftruncate(fd, static_cast<off_t>(segment_bytes())) != 0) {
-    close(fd);
-    return fail(ncclSystemError, strprintf("ncclGetUniqueId: ftruncate: %s", std::strerror(errno)));
-  }
-  void* map = mmap(nullptr, header_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (map == MAP_FAILED) {
-    close(fd);
-    return fail(ncclSystemError, strprintf("ncclGetUniqueId: mmap: %s", std::strerror(errno)));
-  }
-  auto* h = static_cast<Header*>(map);
-  pthread_mutexattr_t mutex_attr;
-  pthread_mutexattr_init(&mutex_attr);
-  pthread_mutexattr_setpshared(&mutex_attr, PTHREAD_PROCESS_SHARED);
-  pthread_mutexattr_setrobust(&mutex_attr, PTHREAD_MUTEX_ROBUST);
-  pthread_mutex_init(&h->mutex, &mutex_attr);
-  pthread_mutexattr_destroy(&mutex_attr);
-  pthread_condattr_t cond_attr;
-  pthread_condattr_init(&cond_attr);
-  pthread_condattr_setpshared(&cond_attr, PTHREAD_PROCESS_SHARED);
-  pthread_condattr_setclock(&cond_attr, CLOCK_MONOTONIC);
-  pthread_cond_init(&h->cond, &cond_attr);
-  pthread_condattr_destroy(&cond_attr);
-  h->magic = kHeaderMagic;
-  munmap(map, header_bytes());
-  *uniqueId = ncclUniqueId{};
-  std::snprintf(uniqueId->internal, sizeof uniqueId->internal, "%s %d %d %s", kMagic, static_cast<int>(getpid()), fd,
-                name.c_str());
-  std::lock_guard<std::mutex> lock(g_mutex);
-  g_created[uniqueId->internal] = fd;
-  return ncclSuccess;
+  const std::string error = create_segment(uniqueId);
+  return error.empty() ? ncclSuccess : fail(ncclSystemError, "ncclGetUniqueId: " + error);
 }
 
 ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId commId, int rank) {
@@ -426,41 +286,17 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId commId,
   *comm = nullptr;
   if (nranks < 1 || nranks > kMaxRanks || rank < 0 || rank >= nranks)
     return fail(ncclInvalidArgument, strprintf("ncclCommInitRank: rank %d of %d (1..%d ranks)", rank, nranks, kMaxRanks));
-  Id id;
-  if (!parse(commId, &id)) return fail(ncclInvalidArgument, "ncclCommInitRank: not a unique id of this emulation");
   int device_index = 0;
   if (cudaGetDevice(&device_index) != cudaSuccess || dj::emu::device(device_index) == nullptr)
     return fail(ncclUnhandledCudaError, "ncclCommInitRank: no current device");
-
-  void* base = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(g_mutex);
-    Mapping& m = g_mapped[id.text];
-    if (m.base == nullptr) {
-      // The creator's descriptor: our own, or another process's through /proc.
-      const std::string path = strprintf("/proc/%d/fd/%d", id.pid, id.fd);
-      const int fd = id.pid == static_cast<int>(getpid()) ? dup(id.fd) : open(path.c_str(), O_RDWR);
-      if (fd < 0) {
-        g_mapped.erase(id.text);
-        return fail(ncclSystemError, strprintf("ncclCommInitRank: cannot open the rendezvous %s (%s): the process "
-                                               "that made the unique id must still run",
-                                               path.c_str(), std::strerror(errno)));
-      }
-      void* map = mmap(nullptr, segment_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-      close(fd);
-      if (map == MAP_FAILED) {
-        g_mapped.erase(id.text);
-        return fail(ncclSystemError, strprintf("ncclCommInitRank: mmap: %s", std::strerror(errno)));
-      }
-      m.base = map;
-    }
-    ++m.users;
-    base = m.base;
-  }
+  Segment segment;
+  if (const std::string why = attach_segment(commId, &segment); !why.empty())
+    return fail(why.rfind("not a unique id", 0) == 0 ? ncclInvalidArgument : ncclSystemError,
+                "ncclCommInitRank: " + why);
   auto* c = new ncclComm();
-  c->id = id.text;
-  c->header = static_cast<Header*>(base);
-  c->slots = reinterpret_cast<float*>(static_cast<char*>(base) + header_bytes());
+  c->id = segment.key;
+  c->header = segment.header;
+  c->slots = segment.slots;
   c->rank = rank;
   c->nranks = nranks;
   c->device = device_index;
@@ -507,14 +343,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId commId,
     }
   }
   unlock(h);
-  if (result == ncclSuccess) {  // every rank holds the segment: the creator's descriptor can go
-    std::lock_guard<std::mutex> lock(g_mutex);
-    auto it = g_created.find(id.text);
-    if (it != g_created.end()) {
-      close(it->second);
-      g_created.erase(it);
-    }
-  }
+  if (result == ncclSuccess) segment_complete(c->id);  // every rank holds the segment
   if (result != ncclSuccess) {
     detach(c);
     return fail(result, error);
