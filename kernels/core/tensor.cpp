@@ -66,14 +66,18 @@ void store(std::byte* p, DType dtype, int64_t i, double v) {
 }
 }  // namespace
 
+void convert_elements(const std::byte* source, DType from, std::byte* target, DType to, int64_t count) {
+  if (count <= 0) return;
+  if (from == to) {
+    std::memcpy(target, source, static_cast<size_t>(count) * dtype_size(from));
+    return;
+  }
+  for (int64_t i = 0; i < count; ++i) store(target, to, i, load(source, from, i));
+}
+
 Tensor Tensor::to(DType dtype) const {
   Tensor out(dtype, shape_);
-  if (dtype == dtype_) {
-    std::memcpy(out.bytes(), bytes(), nbytes());
-    return out;
-  }
-  const int64_t n = numel();
-  for (int64_t i = 0; i < n; ++i) store(out.bytes(), dtype, i, load(bytes(), dtype_, i));
+  convert_elements(bytes(), dtype_, out.bytes(), dtype, numel());
   return out;
 }
 

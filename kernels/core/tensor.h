@@ -18,6 +18,10 @@ using Shape = std::vector<int64_t>;
 int64_t shape_numel(const Shape& shape);
 std::string shape_string(const Shape& shape);  // "[2, 40, 1000]"
 
+// Converts `count` elements of `from` at `source` to `to` at `target`, as Tensor::to does (through
+// double: one rounding at most between floating types). The buffers must not overlap.
+void convert_elements(const std::byte* source, DType from, std::byte* target, DType to, int64_t count);
+
 class Tensor {
  public:
   Tensor() = default;

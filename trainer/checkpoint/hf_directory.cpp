@@ -74,18 +74,18 @@ bool is_legacy_buffer(std::string_view name) {
          name == "attention.rotary_emb.inv_freq";
 }
 
-TensorMap read_weights(const fs::path& path, Format format) {
-  return format == Format::Safetensors ? read_safetensors(path) : read_torch_bin(path);
+StoredTensorMap open_weights(const fs::path& path, Format format) {
+  return format == Format::Safetensors ? open_safetensors(path) : open_torch_bin(path);
 }
 
-void drop_legacy_buffers(TensorMap& tensors) {
+void drop_legacy_buffers(StoredTensorMap& tensors) {
   std::erase_if(tensors, [](const auto& entry) { return is_legacy_buffer(entry.first); });
 }
 
 // Reads every shard the index names, once each, and checks that the index and the shards agree
 // exactly: a tensor the index promises but no shard holds, or one a shard holds that the index
 // does not list for it, means a mixed-up or partially copied checkpoint.
-TensorMap read_sharded(const fs::path& dir, const fs::path& index_path, Format format) {
+StoredTensorMap open_sharded(const fs::path& dir, const fs::path& index_path, Format format) {
   const nlohmann::json index = read_json_object(index_path);
   const auto weight_map = index.find("weight_map");
   if (weight_map == index.end() || !weight_map->is_object())
@@ -107,14 +107,14 @@ TensorMap read_sharded(const fs::path& dir, const fs::path& index_path, Format f
   }
   if (listed.empty()) fail("{}: the weight_map lists no tensors", index_path.string());
 
-  TensorMap tensors;
+  StoredTensorMap tensors;
   std::map<std::string, std::string> source;  // tensor -> shard it came from
   for (const auto& [file, expected] : listed) {
     const fs::path shard_path = dir / file;
     if (!is_file(shard_path))
       fail("{}: shard '{}' (holding '{}') does not exist", index_path.string(), file,
            *expected.begin());
-    TensorMap shard = read_weights(shard_path, format);
+    StoredTensorMap shard = open_weights(shard_path, format);
     drop_legacy_buffers(shard);
     for (auto& [name, tensor] : shard) {
       if (const auto previous = source.find(name); previous != source.end())
@@ -140,14 +140,13 @@ TensorMap read_sharded(const fs::path& dir, const fs::path& index_path, Format f
 
 }  // namespace
 
-HFCheckpoint read_hf_directory(const fs::path& dir) {
+HFDirectory open_hf_directory(const fs::path& dir) {
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) fail("{}: not a directory", dir.string());
   const fs::path config_path = dir / "config.json";
   if (!is_file(config_path))
     fail("{}: no config.json (not a Hugging Face model directory)", dir.string());
-
-  HFCheckpoint checkpoint;
+  HFDirectory checkpoint;
   checkpoint.config = read_json_object(config_path);
   const Layout* layout = find_layout(dir);
   if (!layout)
@@ -156,12 +155,17 @@ HFCheckpoint read_hf_directory(const fs::path& dir) {
         "pytorch_model.bin.index.json)",
         dir.string());
   if (layout->sharded) {
-    checkpoint.tensors = read_sharded(dir, dir / layout->file, layout->format);
+    checkpoint.tensors = open_sharded(dir, dir / layout->file, layout->format);
   } else {
-    checkpoint.tensors = read_weights(dir / layout->file, layout->format);
+    checkpoint.tensors = open_weights(dir / layout->file, layout->format);
     drop_legacy_buffers(checkpoint.tensors);
   }
   return checkpoint;
+}
+
+HFCheckpoint read_hf_directory(const fs::path& dir) {
+  HFDirectory opened = open_hf_directory(dir);
+  return {std::move(opened.config), read_all(opened.tensors)};
 }
 
 bool is_hf_directory(const fs::path& path) {

@@ -32,7 +32,7 @@ namespace dj {
 namespace {
 
 namespace fs = std::filesystem;
-using Entry = TensorMap::value_type;
+using PlannedEntry = TensorPlan::value_type;
 using hdf5::FileErrors;
 using hdf5::Handle;
 using hdf5::QuietHdf5;
@@ -138,19 +138,21 @@ struct StoredText {
   std::string metadata;
 };
 
-StoredText validate_for_writing(const NativeCheckpoint& checkpoint, const FileErrors& errors) {
-  for (const auto& [name, tensor] : checkpoint.tensors) {
+StoredText validate_for_writing(const nlohmann::json& config, const nlohmann::json& metadata,
+                                const TensorPlan& tensors, const FileErrors& errors) {
+  for (const auto& [name, tensor] : tensors)
     if (!is_valid_tensor_name(name)) errors.fail("'{}' is not a valid tensor name", name);
-    if (!tensor.defined()) errors.fail("tensor '{}' has no data", name);
-    if (tensor.dtype() == DType::BOOL && !holds_only_booleans(tensor))
-      errors.fail("BOOL tensor '{}' holds values other than 0 and 1", name);
-  }
-  return {hdf5::dump_json_object(checkpoint.config, "config", errors),
-          hdf5::dump_json_object(checkpoint.metadata, "metadata", errors)};
+  return {hdf5::dump_json_object(config, "config", errors),
+          hdf5::dump_json_object(metadata, "metadata", errors)};
 }
 
-void write_dataset(hid_t file, const Entry& entry, hid_t creation, const FileErrors& errors) {
-  const auto& [name, tensor] = entry;
+// Makes the planned tensor and writes it as a dataset; the tensor is released on return.
+void write_dataset(hid_t file, const PlannedEntry& entry, hid_t creation, const FileErrors& errors,
+                   const std::string& writer) {
+  const std::string& name = entry.first;
+  const Tensor tensor = make_planned(name, entry.second, writer);
+  if (tensor.dtype() == DType::BOOL && !holds_only_booleans(tensor))
+    errors.fail("BOOL tensor '{}' holds values other than 0 and 1", name);
   Handle type = file_type(tensor.dtype(), errors);
   Handle space = make_dataspace(tensor.shape(), errors);
   Handle dataset = errors.own(
@@ -163,9 +165,10 @@ void write_dataset(hid_t file, const Entry& entry, hid_t creation, const FileErr
                                  errors);
 }
 
-// Creates `path` (which must not exist) holding `tensors` in the layout of native.h.
-void write_file(const fs::path& path, const StoredText& text, std::span<const Entry* const> tensors,
-                const FileErrors& errors) {
+// Creates `path` (which must not exist) holding `tensors` in the layout of native.h, making one
+// tensor at a time.
+void write_file(const fs::path& path, const StoredText& text, std::span<const PlannedEntry* const> tensors,
+                const FileErrors& errors, const std::string& writer) {
   Handle file = hdf5::create_file(path, errors);
   hdf5::write_string_attribute(file.get(), "format", std::string(kFormatName), errors);
   hdf5::write_integer_attribute(file.get(), "format_version", kNativeFormatVersion, errors);
@@ -173,7 +176,7 @@ void write_file(const fs::path& path, const StoredText& text, std::span<const En
   hdf5::write_string_attribute(file.get(), "metadata", text.metadata, errors);
   // Without modification times the same checkpoint always produces the same bytes.
   Handle creation = hdf5::untimed_dataset_creation(errors);
-  for (const Entry* entry : tensors) write_dataset(file.get(), *entry, creation.get(), errors);
+  for (const PlannedEntry* entry : tensors) write_dataset(file.get(), *entry, creation.get(), errors, writer);
   hdf5::close_and_seal(file, path, errors);
 }
 
@@ -253,54 +256,81 @@ void check_dataset_storage(hid_t file, hid_t dataset, const std::string& name, u
     errors.fail("dataset '{}' extends past the end of the file", name);
 }
 
-Tensor read_dataset(hid_t file, hid_t dataset, const std::string& name, const FileErrors& errors) {
-  const DType dtype = dataset_dtype(dataset, name, errors);
-  Shape shape = dataset_shape(dataset, name, dtype, errors);
-  const auto nbytes = static_cast<uint64_t>(shape_numel(shape)) * dtype_size(dtype);
-  check_dataset_storage(file, dataset, name, nbytes, errors);
-  Tensor tensor;
-  try {
-    tensor = Tensor(dtype, std::move(shape));
-  } catch (const std::bad_alloc&) {  // a compressed dataset can claim more than memory holds
-    errors.fail("dataset '{}' needs {} bytes, more than can be allocated", name, nbytes);
-  }
+// An open checkpoint file, shared by the readers of its datasets.
+struct OpenFile {
+  Handle file;
+  FileErrors errors;
+};
+
+// Reads rows [first, first + count) of dataset `name` (its dtype and shape checked on opening).
+void read_dataset_rows(const OpenFile& open, const std::string& name, DType dtype, const Shape& shape,
+                       int64_t first, int64_t count, std::byte* out) {
+  const QuietHdf5 quiet;
+  const FileErrors& errors = open.errors;
+  Handle dataset = errors.own(H5Dopen2(open.file.get(), name.c_str(), H5P_DEFAULT), H5Dclose,
+                              fmt::format("cannot open dataset '{}'", name));
   Handle memory = file_type(dtype, errors);
-  errors.check(H5Dread(dataset, memory.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, tensor.bytes()),
-               fmt::format("cannot read dataset '{}'", name));
-  if (dtype == DType::BOOL && !holds_only_booleans(tensor))
-    errors.fail("dataset '{}' is tagged BOOL but holds values other than 0 and 1", name);
-  return tensor;
+  const std::string what = fmt::format("cannot read dataset '{}'", name);
+  if (shape.empty() || (first == 0 && count == shape[0])) {
+    errors.check(H5Dread(dataset.get(), memory.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, out), what);
+  } else {
+    Handle file_space = errors.own(H5Dget_space(dataset.get()), H5Sclose, what);
+    std::vector<hsize_t> start(shape.size(), 0), extent(shape.begin(), shape.end());
+    start[0] = static_cast<hsize_t>(first);
+    extent[0] = static_cast<hsize_t>(count);
+    errors.check(H5Sselect_hyperslab(file_space.get(), H5S_SELECT_SET, start.data(), nullptr, extent.data(), nullptr),
+                 what);
+    Handle memory_space = errors.own(H5Screate_simple(static_cast<int>(extent.size()), extent.data(), nullptr),
+                                     H5Sclose, what);
+    errors.check(H5Dread(dataset.get(), memory.get(), memory_space.get(), file_space.get(), H5P_DEFAULT, out), what);
+  }
+  if (dtype == DType::BOOL) {
+    const int64_t row_numel = shape.empty() ? 1 : shape_numel(Shape(shape.begin() + 1, shape.end()));
+    const auto* values = reinterpret_cast<const uint8_t*>(out);
+    if (!std::all_of(values, values + count * row_numel, [](uint8_t value) { return value <= 1; }))
+      errors.fail("dataset '{}' is tagged BOOL but holds values other than 0 and 1", name);
+  }
 }
 
-NativeCheckpoint read_file(const fs::path& path) {
-  const FileErrors errors(path);
-  Handle file = hdf5::open_verified_file(path, errors);
+StoredNativeCheckpoint open_file(const fs::path& path) {
+  const FileErrors path_errors(path);
+  Handle handle = hdf5::open_verified_file(path, path_errors);
+  const auto open = std::make_shared<const OpenFile>(OpenFile{std::move(handle), path_errors});
+  const FileErrors& errors = open->errors;
+  const hid_t file = open->file.get();
 
-  const std::string format = hdf5::read_string_attribute(file.get(), "format", errors);
+  const std::string format = hdf5::read_string_attribute(file, "format", errors);
   if (format != kFormatName)
     errors.fail("attribute 'format' is '{}', expected '{}'", format, kFormatName);
-  hdf5::check_format_version(hdf5::read_integer_attribute(file.get(), "format_version", errors),
+  hdf5::check_format_version(hdf5::read_integer_attribute(file, "format_version", errors),
                              kNativeFormatVersion, errors);
 
-  NativeCheckpoint checkpoint;
+  StoredNativeCheckpoint checkpoint;
   checkpoint.config = hdf5::parse_json_object(
-      hdf5::read_string_attribute(file.get(), "config", errors), "attribute 'config'", errors);
+      hdf5::read_string_attribute(file, "config", errors), "attribute 'config'", errors);
   checkpoint.metadata = hdf5::parse_json_object(
-      hdf5::read_string_attribute(file.get(), "metadata", errors), "attribute 'metadata'", errors);
+      hdf5::read_string_attribute(file, "metadata", errors), "attribute 'metadata'", errors);
 
-  for (const std::string& name : root_link_names(file.get(), errors)) {
+  for (const std::string& name : root_link_names(file, errors)) {
     if (!is_valid_tensor_name(name)) errors.fail("'{}' is not a valid tensor name", name);
     H5L_info_t link;
-    errors.check(H5Lget_info(file.get(), name.c_str(), &link, H5P_DEFAULT),
+    errors.check(H5Lget_info(file, name.c_str(), &link, H5P_DEFAULT),
                  fmt::format("cannot inspect '{}'", name));
     // Soft and external links could point anywhere, including other files.
     if (link.type != H5L_TYPE_HARD)
       errors.fail("'{}' is a link; only datasets may be at the root", name);
-    Handle object = errors.own(H5Oopen(file.get(), name.c_str(), H5P_DEFAULT), H5Oclose,
+    Handle object = errors.own(H5Oopen(file, name.c_str(), H5P_DEFAULT), H5Oclose,
                                fmt::format("cannot open '{}'", name));
     if (H5Iget_type(object.get()) != H5I_DATASET)
       errors.fail("'{}' is not a dataset; only datasets may be at the root", name);
-    checkpoint.tensors.emplace(name, read_dataset(file.get(), object.get(), name, errors));
+    const DType dtype = dataset_dtype(object.get(), name, errors);
+    Shape shape = dataset_shape(object.get(), name, dtype, errors);
+    const auto nbytes = static_cast<uint64_t>(shape_numel(shape)) * dtype_size(dtype);
+    check_dataset_storage(file, object.get(), name, nbytes, errors);
+    auto read = [open, name, dtype, shape](int64_t first, int64_t count, std::byte* out) {
+      read_dataset_rows(*open, name, dtype, shape, first, count, out);
+    };
+    checkpoint.tensors.emplace(name, StoredTensor(dtype, std::move(shape), std::move(read)));
   }
   return checkpoint;
 }
@@ -319,15 +349,15 @@ bool looks_like_shard(std::string_view name) {
 // Splits the tensors, kept in name order, into `shards` contiguous runs of about equal size: each
 // tensor goes to the shard its byte midpoint falls in. Empty tensors weigh one byte so that the
 // total is never zero when there are tensors at all.
-std::vector<std::vector<const Entry*>> split_by_bytes(const TensorMap& tensors, int shards) {
-  const auto weight = [](const Tensor& tensor) {
+std::vector<std::vector<const PlannedEntry*>> split_by_bytes(const TensorPlan& tensors, int shards) {
+  const auto weight = [](const PlannedTensor& tensor) {
     return static_cast<double>(std::max<size_t>(tensor.nbytes(), 1));
   };
   double total = 0;
   for (const auto& [name, tensor] : tensors) total += weight(tensor);
-  std::vector<std::vector<const Entry*>> parts(static_cast<size_t>(shards));
+  std::vector<std::vector<const PlannedEntry*>> parts(static_cast<size_t>(shards));
   double before = 0;
-  for (const Entry& entry : tensors) {
+  for (const PlannedEntry& entry : tensors) {
     const double own = weight(entry.second);
     const auto index = static_cast<size_t>((before + own / 2) / total * shards);
     parts[std::min(index, parts.size() - 1)].push_back(&entry);
@@ -389,15 +419,15 @@ std::vector<std::string> directory_shards(const fs::path& dir) {
   return expected;
 }
 
-NativeCheckpoint read_directory(const fs::path& dir) {
+StoredNativeCheckpoint open_directory(const fs::path& dir) {
   const FileErrors errors(dir);
-  // Check the whole set before reading gigabytes of it.
+  // Check the whole set before opening any of it.
   const std::vector<std::string> expected = directory_shards(dir);
 
-  NativeCheckpoint checkpoint;
+  StoredNativeCheckpoint checkpoint;
   std::map<std::string, std::string> holder;  // tensor name -> shard
   for (const std::string& name : expected) {
-    NativeCheckpoint shard = read_file(dir / name);
+    StoredNativeCheckpoint shard = open_file(dir / name);
     if (name == expected.front()) {
       checkpoint.config = std::move(shard.config);
       checkpoint.metadata = std::move(shard.metadata);
@@ -415,46 +445,61 @@ NativeCheckpoint read_directory(const fs::path& dir) {
 
 }  // namespace
 
-void write_native_checkpoint(const fs::path& file, const NativeCheckpoint& checkpoint) {
+void write_native_checkpoint(const fs::path& file, const nlohmann::json& config, const nlohmann::json& metadata,
+                             const TensorPlan& plan) {
   const FileErrors errors(file);
-  const StoredText text = validate_for_writing(checkpoint, errors);
-  std::vector<const Entry*> tensors;
-  for (const Entry& entry : checkpoint.tensors) tensors.push_back(&entry);
+  const StoredText text = validate_for_writing(config, metadata, plan, errors);
+  std::vector<const PlannedEntry*> tensors;
+  for (const PlannedEntry& entry : plan) tensors.push_back(&entry);
 
   const QuietHdf5 quiet;
-  write_file_atomically(file,
-                        [&](const fs::path& temp) { write_file(temp, text, tensors, errors); });
+  write_file_atomically(file, [&](const fs::path& temp) { write_file(temp, text, tensors, errors, file.string()); });
 }
 
-void write_native_checkpoint_directory(const fs::path& dir, const NativeCheckpoint& checkpoint,
-                                       int shards) {
+void write_native_checkpoint(const fs::path& file, const NativeCheckpoint& checkpoint) {
+  write_native_checkpoint(file, checkpoint.config, checkpoint.metadata, plan_of(checkpoint.tensors));
+}
+
+void write_native_checkpoint_directory(const fs::path& dir, const nlohmann::json& config,
+                                       const nlohmann::json& metadata, const TensorPlan& plan, int shards) {
   const FileErrors errors(dir);
   if (shards < 1 || shards > kMaxShards)
     errors.fail("shard count {} is not in 1..{}", shards, kMaxShards);
-  const StoredText text = validate_for_writing(checkpoint, errors);
-  const std::vector<std::vector<const Entry*>> parts = split_by_bytes(checkpoint.tensors, shards);
+  const StoredText text = validate_for_writing(config, metadata, plan, errors);
+  const std::vector<std::vector<const PlannedEntry*>> parts = split_by_bytes(plan, shards);
 
   const QuietHdf5 quiet;
   // A previous checkpoint may be replaced, but not a directory of anything else.
   write_directory_atomically(dir, is_native_checkpoint, [&](const fs::path& temp) {
     for (int i = 0; i < shards; ++i) {
       const std::string name = shard_name(i, shards);
-      write_file(temp / name, text, parts[static_cast<size_t>(i)], FileErrors(dir / name));
+      write_file(temp / name, text, parts[static_cast<size_t>(i)], FileErrors(dir / name), (dir / name).string());
     }
     // Last, so that a directory with the marker has all its shards.
     write_complete_marker(temp / kCompleteMarker, shards, errors);
   });
 }
 
-NativeCheckpoint read_native_checkpoint(const fs::path& path) {
+void write_native_checkpoint_directory(const fs::path& dir, const NativeCheckpoint& checkpoint,
+                                       int shards) {
+  write_native_checkpoint_directory(dir, checkpoint.config, checkpoint.metadata, plan_of(checkpoint.tensors),
+                                    shards);
+}
+
+StoredNativeCheckpoint open_native_checkpoint(const fs::path& path) {
   const QuietHdf5 quiet;
   std::error_code error;
   const fs::file_status status = fs::status(path, error);
-  if (fs::is_directory(status)) return read_directory(path);
-  if (fs::is_regular_file(status)) return read_file(path);
+  if (fs::is_directory(status)) return open_directory(path);
+  if (fs::is_regular_file(status)) return open_file(path);
   if (!fs::exists(status))
     fail("{}: {}", path.string(), error ? error.message() : "no such file or directory");
   fail("{}: not a regular file or directory", path.string());
+}
+
+NativeCheckpoint read_native_checkpoint(const fs::path& path) {
+  StoredNativeCheckpoint opened = open_native_checkpoint(path);
+  return {std::move(opened.config), std::move(opened.metadata), read_all(opened.tensors)};
 }
 
 std::vector<fs::path> native_checkpoint_files(const fs::path& path) {

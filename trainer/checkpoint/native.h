@@ -17,6 +17,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "trainer/checkpoint/stored_tensor.h"
 #include "trainer/checkpoint/tensor_map.h"
 
 namespace dj {
@@ -29,12 +30,28 @@ struct NativeCheckpoint {
   TensorMap tensors;
 };
 
+// The same, with the tensors read when asked (the files stay open while any StoredTensor lives).
+struct StoredNativeCheckpoint {
+  nlohmann::json config;
+  nlohmann::json metadata = nlohmann::json::object();
+  StoredTensorMap tensors;
+};
+
 void write_native_checkpoint(const std::filesystem::path& file, const NativeCheckpoint& checkpoint);
 void write_native_checkpoint_directory(const std::filesystem::path& dir,
                                        const NativeCheckpoint& checkpoint, int shards);
+// Streaming writes: each tensor is made when the writer reaches it and released after it is
+// written, so one tensor is held at a time. The same tensors give the same bytes either way.
+void write_native_checkpoint(const std::filesystem::path& file, const nlohmann::json& config,
+                             const nlohmann::json& metadata, const TensorPlan& tensors);
+void write_native_checkpoint_directory(const std::filesystem::path& dir, const nlohmann::json& config,
+                                       const nlohmann::json& metadata, const TensorPlan& tensors, int shards);
 // Accepts a file or a directory. Errors (not HDF5, wrong format attribute, newer version,
 // truncated file, missing shards) throw dj::Error naming the file.
 NativeCheckpoint read_native_checkpoint(const std::filesystem::path& path);
+// Checks the same and every dataset's type, shape and storage, reading no tensor data: each
+// tensor is read (whole or by rows, through an HDF5 hyperslab) when asked.
+StoredNativeCheckpoint open_native_checkpoint(const std::filesystem::path& path);
 // The files of the checkpoint at `path`: itself, or a directory's shards (after checking its
 // marker and that no shard is missing or extra). Reads no HDF5.
 std::vector<std::filesystem::path> native_checkpoint_files(const std::filesystem::path& path);

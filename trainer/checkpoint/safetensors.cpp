@@ -1,10 +1,15 @@
 #include "trainer/checkpoint/safetensors.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <array>
 #include <bit>
 #include <cstring>
 #include <fstream>
+#include <memory>
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -156,27 +161,47 @@ void check_tiling(std::vector<Entry>& entries, uint64_t data_bytes) {
          data_bytes);
 }
 
-void read_exactly(std::ifstream& in, std::byte* out, uint64_t size, uint64_t offset,
-                  const char* what) {
-  in.seekg(static_cast<std::streamoff>(offset));
-  in.read(reinterpret_cast<char*>(out), static_cast<std::streamsize>(size));
-  if (!in || static_cast<uint64_t>(in.gcount()) != size)
-    fail("cannot read {} ({} bytes at offset {}): file truncated or unreadable", what, size,
-         offset);
-}
+// The file, opened once and shared by the readers of its tensors (pread: no shared position).
+class SharedFile {
+ public:
+  explicit SharedFile(const std::filesystem::path& path) : path_(path.string()) {
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd_ < 0) fail("cannot open for reading: {}", std::strerror(errno));
+  }
+  ~SharedFile() { ::close(fd_); }
+  SharedFile(const SharedFile&) = delete;
+  SharedFile& operator=(const SharedFile&) = delete;
 
-TensorMap read_file(const std::filesystem::path& path,
-                    std::map<std::string, std::string>* metadata) {
+  const std::string& path() const { return path_; }
+
+  void read_exactly(std::byte* out, uint64_t size, uint64_t offset, const std::string& what) const {
+    uint64_t done = 0;
+    while (done < size) {
+      const ssize_t n = ::pread(fd_, out + done, static_cast<size_t>(std::min<uint64_t>(size - done, 1u << 30)),
+                                static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0)
+        fail("cannot read {} ({} bytes at offset {}): {}", what, size, offset,
+             n < 0 ? std::strerror(errno) : "file truncated");
+      done += static_cast<uint64_t>(n);
+    }
+  }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+StoredTensorMap open_file(const std::filesystem::path& path, std::map<std::string, std::string>* metadata) {
   std::error_code ec;
   const uint64_t file_bytes = std::filesystem::file_size(path, ec);
   if (ec) fail("cannot read: {}", ec.message());
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open for reading");
+  auto file = std::make_shared<const SharedFile>(path);
   if (file_bytes < 8)
     fail("truncated: {} bytes, too short for the 8-byte header length", file_bytes);
 
   std::array<std::byte, 8> length_bytes;
-  read_exactly(in, length_bytes.data(), 8, 0, "the header length");
+  file->read_exactly(length_bytes.data(), 8, 0, "the header length");
   uint64_t header_bytes;
   std::memcpy(&header_bytes, length_bytes.data(), 8);
   if (header_bytes > kMaxHeaderBytes)
@@ -186,7 +211,7 @@ TensorMap read_file(const std::filesystem::path& path,
          file_bytes);
 
   std::string text(header_bytes, '\0');
-  read_exactly(in, reinterpret_cast<std::byte*>(text.data()), header_bytes, 8, "the header");
+  file->read_exactly(reinterpret_cast<std::byte*>(text.data()), header_bytes, 8, "the header");
   const nlohmann::json header = parse_header(text);
 
   std::vector<Entry> entries;
@@ -201,13 +226,22 @@ TensorMap read_file(const std::filesystem::path& path,
   const uint64_t data_start = 8 + header_bytes;
   check_tiling(entries, file_bytes - data_start);
 
-  TensorMap tensors;
+  StoredTensorMap tensors;
   for (const Entry& entry : entries) {
-    Tensor tensor(entry.dtype, entry.shape);
-    const std::string what = fmt::format("tensor '{}'", entry.name);
-    read_exactly(in, tensor.bytes(), entry.end - entry.begin, data_start + entry.begin,
-                 what.c_str());
-    tensors.emplace(entry.name, std::move(tensor));
+    const int64_t row_numel = entry.shape.empty() ? 1 : shape_numel(Shape(entry.shape.begin() + 1, entry.shape.end()));
+    const uint64_t row_bytes = static_cast<uint64_t>(row_numel) * dtype_size(entry.dtype);
+    const uint64_t begin = data_start + entry.begin;
+    tensors.emplace(entry.name,
+                    StoredTensor(entry.dtype, entry.shape,
+                                 [file, begin, row_bytes, name = entry.name](int64_t first, int64_t count, std::byte* out) {
+                                   try {
+                                     file->read_exactly(out, static_cast<uint64_t>(count) * row_bytes,
+                                                        begin + static_cast<uint64_t>(first) * row_bytes,
+                                                        fmt::format("tensor '{}'", name));
+                                   } catch (const Error& e) {
+                                     fail("{}: {}", file->path(), e.what());
+                                   }
+                                 }));
   }
   if (metadata) *metadata = std::move(parsed_metadata);
   return tensors;
@@ -215,16 +249,25 @@ TensorMap read_file(const std::filesystem::path& path,
 
 }  // namespace
 
-TensorMap read_safetensors(const std::filesystem::path& path,
-                           std::map<std::string, std::string>* metadata) {
+StoredTensorMap open_safetensors(const std::filesystem::path& path, std::map<std::string, std::string>* metadata) {
   try {
-    return read_file(path, metadata);
+    return open_file(path, metadata);
   } catch (const Error& e) {
     fail("{}: {}", path.string(), e.what());
   }
 }
 
+TensorMap read_safetensors(const std::filesystem::path& path,
+                           std::map<std::string, std::string>* metadata) {
+  return read_all(open_safetensors(path, metadata));
+}
+
 void write_safetensors(const std::filesystem::path& path, const TensorMap& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  write_planned_safetensors(path, plan_of(tensors), metadata);
+}
+
+void write_planned_safetensors(const std::filesystem::path& path, const TensorPlan& tensors,
                        const std::map<std::string, std::string>& metadata) {
   // ordered_json keeps the reference layout: metadata first, then tensors in name order (the
   // map's order), each with dtype, shape, data_offsets. Equal inputs give byte-identical files.
@@ -234,9 +277,8 @@ void write_safetensors(const std::filesystem::path& path, const TensorMap& tenso
   for (const auto& [name, tensor] : tensors) {
     if (name == kMetadataKey)
       fail("{}: '{}' is reserved and cannot name a tensor", path.string(), name);
-    if (!tensor.defined()) fail("{}: tensor '{}' has no data", path.string(), name);
-    header[name] = {{"dtype", std::string(dtype_name(tensor.dtype()))},
-                    {"shape", tensor.shape()},
+    header[name] = {{"dtype", std::string(dtype_name(tensor.dtype))},
+                    {"shape", tensor.shape},
                     {"data_offsets", {offset, offset + tensor.nbytes()}}};
     offset += tensor.nbytes();
   }
@@ -250,9 +292,11 @@ void write_safetensors(const std::filesystem::path& path, const TensorMap& tenso
     const uint64_t header_bytes = text.size();
     out.write(reinterpret_cast<const char*>(&header_bytes), sizeof header_bytes);
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    for (const auto& [name, tensor] : tensors)
-      out.write(reinterpret_cast<const char*>(tensor.bytes()),
-                static_cast<std::streamsize>(tensor.nbytes()));
+    // One tensor made and held at a time.
+    for (const auto& [name, planned] : tensors) {
+      const Tensor tensor = make_planned(name, planned, path.string());
+      out.write(reinterpret_cast<const char*>(tensor.bytes()), static_cast<std::streamsize>(tensor.nbytes()));
+    }
     out.close();
     if (!out) fail("{}: write to {} failed", path.string(), temp.string());
   });

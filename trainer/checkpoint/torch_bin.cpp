@@ -2,9 +2,11 @@
 
 #include <zip.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -91,6 +93,36 @@ class ZipArchive {
     return bytes;
   }
 
+  // Bytes [offset, offset + size) of a record, into `out`. Storages are stored uncompressed by
+  // torch.save, so libzip seeks to the offset; a compressed record is read up to it. A part of a
+  // record is not checked against its CRC (libzip checks that only at the record's end).
+  void read_range(const std::string& name, uint64_t offset, uint64_t size, std::byte* out) const {
+    const zip_int64_t index = zip_name_locate(archive_, name.c_str(), 0);
+    if (index < 0) fail("the archive has no record '{}'", name);
+    const zip_stat_t info = stat(name, static_cast<zip_uint64_t>(index));
+    if (offset > info.size || size > info.size - offset)
+      fail("bytes [{}, {}) are outside record '{}' of {} bytes", offset, offset + size, name, info.size);
+    zip_file_t* file = zip_fopen_index(archive_, static_cast<zip_uint64_t>(index), 0);
+    if (!file) fail("cannot open record '{}': {}", name, zip_strerror(archive_));
+    std::string error;
+    const auto read_exactly = [&](std::byte* into, uint64_t bytes) {
+      uint64_t done = 0;
+      while (done < bytes && error.empty()) {
+        const zip_int64_t n = zip_fread(file, into + done, bytes - done);
+        if (n <= 0) error = n < 0 ? zip_file_strerror(file) : "record shorter than its directory entry says";
+        done += n > 0 ? static_cast<uint64_t>(n) : 0;
+      }
+    };
+    if (offset > 0 && zip_fseek(file, static_cast<zip_int64_t>(offset), SEEK_SET) != 0) {
+      std::vector<std::byte> skip(std::min<uint64_t>(offset, 1u << 20));
+      for (uint64_t skipped = 0; skipped < offset && error.empty(); skipped += skip.size())
+        read_exactly(skip.data(), std::min<uint64_t>(skip.size(), offset - skipped));
+    }
+    if (error.empty()) read_exactly(out, size);
+    zip_fclose(file);
+    if (!error.empty()) fail("cannot read record '{}': {}", name, error);
+  }
+
  private:
   zip_stat_t stat(const std::string& name, zip_uint64_t index) const {
     zip_stat_t info;
@@ -106,12 +138,9 @@ class ZipArchive {
 // ---------------------------------------------------------------------------------------------
 // Materialising tensors.
 
-// Copies the view `ref` of `storage` into a contiguous tensor, after checking that every element
-// it addresses lies inside the storage.
-Tensor copy_view(const std::string& name, const TensorRef& ref,
-                 std::span<const std::byte> storage) {
-  const size_t element = dtype_size(ref.storage.dtype);
-  const int64_t storage_numel = static_cast<int64_t>(storage.size() / element);
+// Checks that every element the view `ref` addresses lies inside its storage of
+// `storage_numel` elements.
+void check_view(const std::string& name, const TensorRef& ref, int64_t storage_numel) {
   int64_t numel = 1;
   int64_t last = ref.offset;  // the highest element index the view touches
   bool overflow = ref.offset < 0;
@@ -130,8 +159,23 @@ Tensor copy_view(const std::string& name, const TensorRef& ref,
         "elements)",
         name, ref.storage.key, ref.offset, shape_string(ref.size), shape_string(ref.stride),
         storage_numel);
+}
 
+// Whether the view's elements are laid out row-major without gaps (sizes of 1 take any stride).
+bool is_row_major(const TensorRef& ref) {
+  int64_t expected = 1;
+  for (size_t d = ref.size.size(); d-- > 0;) {
+    if (ref.size[d] != 1 && ref.stride[d] != expected) return false;
+    expected *= ref.size[d];
+  }
+  return true;
+}
+
+// Copies the view `ref` (checked by check_view) of `storage` into a contiguous tensor.
+Tensor copy_view(const TensorRef& ref, std::span<const std::byte> storage) {
+  const size_t element = dtype_size(ref.storage.dtype);
   Tensor out(ref.storage.dtype, ref.size);
+  const int64_t numel = out.numel();
   if (numel == 0) return out;
   const std::byte* source = storage.data();
   std::byte* target = out.bytes();
@@ -181,62 +225,79 @@ std::string find_prefix(const ZipArchive& archive) {
   return *prefix;
 }
 
-TensorMap read_archive(const std::filesystem::path& path) {
+StoredTensorMap open_archive(const std::filesystem::path& path) {
   if (!std::filesystem::is_regular_file(path))
     fail("{}", std::filesystem::exists(path) ? "not a regular file" : "no such file");
-  const ZipArchive archive(path);
-  const std::string prefix = find_prefix(archive);
-  if (archive.size(prefix + "byteorder")) {
-    const std::vector<std::byte> order = archive.read(prefix + "byteorder", 16);
+  auto archive = std::make_shared<const ZipArchive>(path);
+  const std::string prefix = find_prefix(*archive);
+  if (archive->size(prefix + "byteorder")) {
+    const std::vector<std::byte> order = archive->read(prefix + "byteorder", 16);
     const std::string_view text(reinterpret_cast<const char*>(order.data()), order.size());
     if (text != "little")
       fail("storages are stored in '{}' byte order; only little-endian is supported", text);
   }
-
-  const std::vector<std::byte> pickle = archive.read(prefix + "data.pkl", kMaxPickleBytes);
+  const std::vector<std::byte> pickle = archive->read(prefix + "data.pkl", kMaxPickleBytes);
   const std::vector<std::pair<std::string, TensorRef>> entries = torch_pickle::read_state_dict(pickle);
-
-  // Tensors may share a storage (views, tied weights): load each storage once, materialise its
-  // tensors, then release it, so at most one storage is held beside the results.
-  std::map<std::string, std::vector<const std::pair<std::string, TensorRef>*>> by_storage;
-  for (const auto& entry : entries) by_storage[entry.second.storage.key].push_back(&entry);
-
-  TensorMap tensors;
-  for (const auto& [key, users] : by_storage) {
-    const StorageRef& storage = users.front()->second.storage;
-    for (const auto* user : users)
-      if (user->second.storage.dtype != storage.dtype ||
-          user->second.storage.numel != storage.numel)
-        fail("storage '{}' is declared with different types or sizes (tensors '{}' and '{}')", key,
-             users.front()->first, user->first);
-    const std::string record = prefix + "data/" + key;
-    const std::optional<uint64_t> record_bytes = archive.size(record);
-    if (!record_bytes)
-      fail("tensor '{}': the archive has no storage record '{}'", users.front()->first, record);
+  // Every storage record and view is checked against the archive's directory here; the data is
+  // read per tensor when asked (a storage shared by views or tied weights is read by each).
+  std::map<std::string, const std::pair<std::string, TensorRef>*> first_user;  // storage key -> tensor
+  StoredTensorMap tensors;
+  for (const auto& entry : entries) {
+    const auto& [name, ref] = entry;
+    const StorageRef& storage = ref.storage;
+    const auto [first, inserted] = first_user.emplace(storage.key, &entry);
+    if (!inserted && (first->second->second.storage.dtype != storage.dtype ||
+                      first->second->second.storage.numel != storage.numel))
+      fail("storage '{}' is declared with different types or sizes (tensors '{}' and '{}')", storage.key,
+           first->second->first, name);
+    const std::string record = prefix + "data/" + storage.key;
+    const std::optional<uint64_t> record_bytes = archive->size(record);
+    if (!record_bytes) fail("tensor '{}': the archive has no storage record '{}'", name, record);
     uint64_t bytes = 0;
-    if (__builtin_mul_overflow(static_cast<uint64_t>(storage.numel), dtype_size(storage.dtype),
-                               &bytes))
-      fail("storage '{}' declares an impossible {} elements", key, storage.numel);
+    if (__builtin_mul_overflow(static_cast<uint64_t>(storage.numel), dtype_size(storage.dtype), &bytes))
+      fail("storage '{}' declares an impossible {} elements", storage.key, storage.numel);
     if (bytes != *record_bytes)
-      fail("storage '{}' holds {} bytes but is declared as {} elements of {} ({} bytes)", key,
+      fail("storage '{}' holds {} bytes but is declared as {} elements of {} ({} bytes)", storage.key,
            *record_bytes, storage.numel, dtype_name(storage.dtype), bytes);
-    const std::vector<std::byte> data = archive.read(record, bytes);
-    for (const auto* user : users) {
-      if (!tensors.emplace(user->first, copy_view(user->first, user->second, data)).second)
-        fail("tensor '{}' appears twice in the state dict", user->first);
-    }
+    check_view(name, ref, storage.numel);
+    // Some rows of a row-major view are one byte range of the record, read alone; the whole
+    // tensor, or any rows of another view, come from the whole record (its CRC checked).
+    const bool row_major = is_row_major(ref);
+    const auto read = [archive, ref, record, bytes, row_major, path = path.string()](int64_t first_row, int64_t count,
+                                                                                     std::byte* out) {
+      try {
+        const size_t element = dtype_size(ref.storage.dtype);
+        const int64_t row_numel = ref.size.empty() ? 1 : shape_numel(Shape(ref.size.begin() + 1, ref.size.end()));
+        if (row_major && count < (ref.size.empty() ? 1 : ref.size[0])) {
+          archive->read_range(record, static_cast<uint64_t>(ref.offset + first_row * row_numel) * element,
+                              static_cast<uint64_t>(count * row_numel) * element, out);
+          return;
+        }
+        const Tensor whole = copy_view(ref, archive->read(record, bytes));
+        const size_t row_bytes =
+            ref.size.empty() ? whole.nbytes() : whole.nbytes() / static_cast<size_t>(ref.size[0]);
+        std::memcpy(out, whole.bytes() + static_cast<size_t>(first_row) * row_bytes,
+                    static_cast<size_t>(count) * row_bytes);
+      } catch (const Error& e) {
+        fail("{}: {}", path, e.what());
+      }
+    };
+    if (!tensors.emplace(name, StoredTensor(storage.dtype, ref.size, read)).second)
+      fail("tensor '{}' appears twice in the state dict", name);
   }
   return tensors;
 }
 
 }  // namespace
 
-TensorMap read_torch_bin(const std::filesystem::path& path) {
+StoredTensorMap open_torch_bin(const std::filesystem::path& path) {
   try {
-    return read_archive(path);
+    return open_archive(path);
   } catch (const Error& e) {
     fail("{}: {}", path.string(), e.what());
   }
 }
+
+TensorMap read_torch_bin(const std::filesystem::path& path) { return read_all(open_torch_bin(path)); }
 
 }  // namespace dj

@@ -90,27 +90,41 @@ std::vector<double> reference_log_gamma(int64_t heads) {
   return log_gamma;
 }
 
-void add_dijiang_tensors(TensorMap& tensors, const ModelConfig& config, DType dtype) {
+TensorPlan dijiang_tensor_plan(const ModelConfig& config, DType dtype) {
   if (!config.is_dijiang()) fail("add_dijiang_tensors needs a DiJiang config");
   const int64_t D = config.hidden_size, H = config.num_heads, d = config.head_dim();
   const double bound = std::pow(2.0, -2.5) * std::sqrt(6.0 / static_cast<double>(2 * D));
+  const DiJiangOptions options = config.dijiang;
+  const auto constant = [dtype](double value, Shape shape) {
+    return [value, shape, dtype] {
+      return from_doubles(std::vector<double>(static_cast<size_t>(shape_numel(shape)), value), shape, dtype);
+    };
+  };
+  TensorPlan plan;
   for (int64_t l = 0; l < config.num_layers; ++l) {
     const std::string p = attention_prefix(l);
-    const std::vector<double> t = sample_feature_scales(config.dijiang, d, l);
-    std::vector<double> P(static_cast<size_t>(d * d));
-    cpu::dct_projection<double>(P.data(), t.data(), d);
-    tensors[p + "proj_matrix"] = from_doubles(P, {d, d}, dtype);
-
-    SplitMix64 rng = stream(config.dijiang.seed, l, kGateStream);
-    std::vector<double> gate(static_cast<size_t>(D * D));
-    for (auto& w : gate) w = (2.0 * rng.uniform() - 1.0) * bound;
-    tensors[p + "W_G"] = from_doubles(gate, {D, D}, dtype);
-    tensors[p + "group_norm.weight"] = from_doubles(std::vector<double>(static_cast<size_t>(D), 1.0), {D}, dtype);
-    tensors[p + "group_norm.bias"] = from_doubles(std::vector<double>(static_cast<size_t>(D), 0.0), {D}, dtype);
-    tensors[p + "log_gamma"] = from_doubles(reference_log_gamma(H), {H}, dtype);
-    if (config.dijiang.feature_weights)
-      tensors[p + "feature_weights"] = from_doubles(std::vector<double>(static_cast<size_t>(H * d), 1.0), {H, d}, dtype);
+    plan[p + "proj_matrix"] = {dtype, {d, d}, [options, d, l, dtype] {
+                                 const std::vector<double> t = sample_feature_scales(options, d, l);
+                                 std::vector<double> P(static_cast<size_t>(d * d));
+                                 cpu::dct_projection<double>(P.data(), t.data(), d);
+                                 return from_doubles(P, {d, d}, dtype);
+                               }};
+    plan[p + "W_G"] = {dtype, {D, D}, [options, D, l, bound, dtype] {
+                         SplitMix64 rng = stream(options.seed, l, kGateStream);
+                         std::vector<double> gate(static_cast<size_t>(D * D));
+                         for (auto& w : gate) w = (2.0 * rng.uniform() - 1.0) * bound;
+                         return from_doubles(gate, {D, D}, dtype);
+                       }};
+    plan[p + "group_norm.weight"] = {dtype, {D}, constant(1.0, {D})};
+    plan[p + "group_norm.bias"] = {dtype, {D}, constant(0.0, {D})};
+    plan[p + "log_gamma"] = {dtype, {H}, [H, dtype] { return from_doubles(reference_log_gamma(H), {H}, dtype); }};
+    if (options.feature_weights) plan[p + "feature_weights"] = {dtype, {H, d}, constant(1.0, {H, d})};
   }
+  return plan;
+}
+
+void add_dijiang_tensors(TensorMap& tensors, const ModelConfig& config, DType dtype) {
+  for (const auto& [name, planned] : dijiang_tensor_plan(config, dtype)) tensors[name] = planned.make();
 }
 
 bool has_interchange_tables(const TensorMap& tensors) {
@@ -168,7 +182,7 @@ void import_interchange(TensorMap& tensors, ModelConfig& config, const std::stri
   }
 }
 
-TensorMap export_interchange(const TensorMap& tensors, const ModelConfig& config, DType dtype) {
+TensorPlan export_interchange(const TensorPlan& tensors, const ModelConfig& config, DType dtype) {
   if (config.dijiang.feature_weights)
     fail("the reference DiJiang layout has no learned feature weights: this model cannot be exported "
          "with --format hf (keep the native checkpoint)");
@@ -176,11 +190,12 @@ TensorMap export_interchange(const TensorMap& tensors, const ModelConfig& config
     fail("the reference DiJiang layout normalises over head_dim groups: a model with per-head GroupNorm "
          "cannot be exported with --format hf");
   const int64_t H = config.num_heads, L = config.max_position_embeddings;
-  TensorMap out;
-  for (const auto& [name, tensor] : tensors) {
+  TensorPlan out;
+  for (const auto& [name, planned] : tensors) {
     if (name.ends_with(".attention.log_gamma")) {
+      // The tables are small ([1, H, L, 1]) and checked here, before anything is written.
       const std::string p = name.substr(0, name.size() - std::string("log_gamma").size());
-      const std::vector<double> log_gamma = tensor.to_f64_vector();
+      const std::vector<double> log_gamma = planned.make().to_f64_vector();
       std::vector<double> d1(static_cast<size_t>(H * L)), d2(d1.size());
       for (int64_t h = 0; h < H; ++h)
         for (int64_t i = 0; i < L; ++i) {
@@ -194,15 +209,23 @@ TensorMap export_interchange(const TensorMap& tensors, const ModelConfig& config
           fail("the reference layout's D2 table (γ^(−i) for i < max_position_embeddings = {}) overflows float32 "
                "for this model's decay; export is not possible",
                L);
-      out[p + "D1"] = from_doubles(d1, {1, H, L, 1}, DType::F32);
-      out[p + "D2"] = std::move(d2_tensor);
+      const Tensor d1_tensor = from_doubles(d1, {1, H, L, 1}, DType::F32);
+      out[p + "D1"] = {DType::F32, d1_tensor.shape(), [d1_tensor] { return d1_tensor; }};
+      out[p + "D2"] = {DType::F32, d2_tensor.shape(), [d2_tensor] { return d2_tensor; }};
     } else if (name.ends_with(".attention.proj_matrix")) {
-      out[name] = tensor.to(DType::F32);
+      out[name] = {DType::F32, planned.shape, [&planned] { return planned.make().to(DType::F32); }};
     } else {
-      out[name] = tensor.dtype() == dtype ? tensor : tensor.to(dtype);
+      out[name] = {dtype, planned.shape, [&planned, dtype] {
+                     Tensor tensor = planned.make();
+                     return tensor.dtype() == dtype ? tensor : tensor.to(dtype);
+                   }};
     }
   }
   return out;
+}
+
+TensorMap export_interchange(const TensorMap& tensors, const ModelConfig& config, DType dtype) {
+  return make_all(export_interchange(plan_of(tensors), config, dtype));
 }
 
 }  // namespace dj

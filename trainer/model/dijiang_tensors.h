@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "trainer/checkpoint/stored_tensor.h"
 #include "trainer/checkpoint/tensor_map.h"
 #include "trainer/model/config.h"
 
@@ -32,6 +33,8 @@ std::vector<double> reference_log_gamma(int64_t heads);
 // P from the sampled t, W_G Xavier-uniform with gain 2^−2.5, GroupNorm 1 / 0, log γ from the
 // schedule, feature weights 1. `config` must be a DiJiang config.
 void add_dijiang_tensors(TensorMap& tensors, const ModelConfig& config, DType dtype);
+// The same tensors as a plan: each made, from the options alone, when it is asked for.
+TensorPlan dijiang_tensor_plan(const ModelConfig& config, DType dtype);
 
 // True when the tensors carry the reference code's D1 tables.
 bool has_interchange_tables(const TensorMap& tensors);
@@ -45,5 +48,8 @@ void import_interchange(TensorMap& tensors, ModelConfig& config, const std::stri
 // rest in `dtype`. Options the layout cannot express (learned feature weights, H GroupNorm groups)
 // are refused with a message saying so.
 TensorMap export_interchange(const TensorMap& tensors, const ModelConfig& config, DType dtype);
+// The same over a plan: the D1/D2 tables are computed (and checked) now, every other tensor when
+// a writer reaches it. The result refers to `tensors`, which must outlive it.
+TensorPlan export_interchange(const TensorPlan& tensors, const ModelConfig& config, DType dtype);
 
 }  // namespace dj

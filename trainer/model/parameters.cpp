@@ -62,8 +62,15 @@ std::string name_list(const std::vector<std::string>& names) {
 }
 }  // namespace
 
-void check_tensors(const ParameterLayout& layout, const ModelConfig& config, const TensorMap& tensors,
-                   const std::string& source) {
+namespace {
+
+// The values of a tensor in memory or stored, as doubles (the tied-embedding comparison).
+std::vector<double> f64_values(const Tensor& tensor) { return tensor.to_f64_vector(); }
+std::vector<double> f64_values(const StoredTensor& tensor) { return tensor.read(DType::F64).to_f64_vector(); }
+
+template <class Tensors>
+void check_tensors_impl(const ParameterLayout& layout, const ModelConfig& config, const Tensors& tensors,
+                        const std::string& source) {
   std::vector<std::string> missing, unexpected;
   for (const auto& view : layout.views()) {
     auto it = tensors.find(view.name);
@@ -71,7 +78,7 @@ void check_tensors(const ParameterLayout& layout, const ModelConfig& config, con
       missing.push_back(view.name);
       continue;
     }
-    const Tensor& tensor = it->second;
+    const auto& tensor = it->second;
     if (tensor.shape() != view.shape)
       fail("{}: tensor '{}' has shape {}, the config needs {}", source, view.name,
            shape_string(tensor.shape()), shape_string(view.shape));
@@ -82,8 +89,8 @@ void check_tensors(const ParameterLayout& layout, const ModelConfig& config, con
   for (const auto& [name, tensor] : tensors) {
     if (layout.contains(name)) continue;
     if (config.tie_word_embeddings && name == "embed_out.weight") {
-      const Tensor& input = tensors.count("gpt_neox.embed_in.weight") ? tensors.at("gpt_neox.embed_in.weight") : tensor;
-      if (tensor.shape() != input.shape() || tensor.to(DType::F64).to_f64_vector() != input.to(DType::F64).to_f64_vector())
+      const auto& input = tensors.count("gpt_neox.embed_in.weight") ? tensors.at("gpt_neox.embed_in.weight") : tensor;
+      if (tensor.shape() != input.shape() || f64_values(tensor) != f64_values(input))
         fail("{}: tie_word_embeddings is set but embed_out.weight differs from gpt_neox.embed_in.weight", source);
       continue;
     }
@@ -91,6 +98,18 @@ void check_tensors(const ParameterLayout& layout, const ModelConfig& config, con
   }
   if (!missing.empty()) fail("{}: missing tensors: {}", source, name_list(missing));
   if (!unexpected.empty()) fail("{}: unexpected tensors: {}", source, name_list(unexpected));
+}
+
+}  // namespace
+
+void check_tensors(const ParameterLayout& layout, const ModelConfig& config, const TensorMap& tensors,
+                   const std::string& source) {
+  check_tensors_impl(layout, config, tensors, source);
+}
+
+void check_tensors(const ParameterLayout& layout, const ModelConfig& config, const StoredTensorMap& tensors,
+                   const std::string& source) {
+  check_tensors_impl(layout, config, tensors, source);
 }
 
 ParameterLayout ParameterLayout::gpt_neox(const ModelConfig& c) {

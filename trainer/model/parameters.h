@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels/core/tensor.h"
+#include "trainer/checkpoint/stored_tensor.h"
 #include "trainer/checkpoint/tensor_map.h"
 #include "trainer/model/config.h"
 
@@ -61,6 +62,8 @@ std::pair<int64_t, int64_t> flat_shard_range(int64_t total, int rank, int world)
 // shape as declared, floating dtypes. With tied embeddings an `embed_out.weight` equal to
 // `gpt_neox.embed_in.weight` is tolerated (some writers store both). `source` names the checkpoint.
 void check_tensors(const ParameterLayout& layout, const ModelConfig& config, const TensorMap& tensors,
+                   const std::string& source);
+void check_tensors(const ParameterLayout& layout, const ModelConfig& config, const StoredTensorMap& tensors,
                    const std::string& source);  // "gpt_neox.layers.{layer}."
 
 }  // namespace dj
