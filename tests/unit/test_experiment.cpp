@@ -48,6 +48,8 @@ TEST(Experiment, GoodConfigWithOverrides) {
   EXPECT_EQ(e.freeze, std::vector<std::string>{"gpt_neox.embed_in.*"});
   EXPECT_EQ(e.steps, 50);
   EXPECT_EQ(e.grad_accum, 1);  // default
+  // A string key given nothing (`data.valid=`, or `valid:` in the file) is the empty string.
+  EXPECT_EQ(load_experiment(write_yaml("good.yaml", kGood), {"data.valid="}).valid_tokens, "");
   // The resolved YAML loads back to the same experiment.
   const Experiment again = load_experiment(write_yaml("resolved.yaml", experiment_to_yaml(e)), {});
   EXPECT_EQ(experiment_to_yaml(again), experiment_to_yaml(e));
@@ -88,6 +90,8 @@ TEST(Experiment, BadConfigsGiveClearMessages) {
       {"override_type", "model: {source: x}\ndata: {train: t.npy}\n", {"schedule.steps=ten"},
        "override 'schedule.steps=ten': 'schedule.steps' must be an integer, got 'ten'"},
       {"override_form", "model: {source: x}\ndata: {train: t.npy}\n", {"schedule.steps"}, "expected KEY=VALUE"},
+      {"override_empty", "model: {source: x}\ndata: {train: t.npy}\n", {"schedule.steps="},
+       "override 'schedule.steps=': 'schedule.steps' must be an integer, got nothing"},
       {"global_tokens", "model: {source: x}\ndata: {train: t.npy, seq_len: 64}\nbatch: {micro_batch: 2, global_tokens: 100}\n",
        {}, "batch.global_tokens 100 differs from micro_batch 2 x grad_accum 1 x seq_len 64 = 128"},
       {"order", "model: {source: x}\ndata: {train: t.npy, order: random}\n", {},
@@ -104,7 +108,7 @@ TEST(Experiment, BadConfigsGiveClearMessages) {
       {"cpu_only_precision", "model: {source: x}\ndata: {train: t.npy}\nprecision: f64\n", {},
        "cpu_only_precision.yaml:3: 'precision' is 'f64', expected one of: f32, bf16"},
       {"choice_not_scalar", "model: {source: x, dijiang: {sampling: [qmc]}}\ndata: {train: t.npy}\n", {},
-       "choice_not_scalar.yaml:1: 'model.dijiang.sampling' must be one of the listed values, got 'a list'"},
+       "choice_not_scalar.yaml:1: 'model.dijiang.sampling' must be one of the listed values, got a list"},
       {"list_as_key", "model:\n  source: x\n  ? [a, b]\n  : 1\ndata: {train: t.npy}\n", {},
        "list_as_key.yaml:3: a key must be a plain name, got a list in 'model'"},
       {"mapping_as_key", "model:\n  source: x\n? dijiang:\n    seed: 0\ndata: {train: t.npy}\n", {},

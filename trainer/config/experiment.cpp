@@ -191,12 +191,19 @@ std::string origin(const std::string& file, const YAML::Node& node) {
 
 void assign(Experiment& e, const Key& key, const YAML::Node& node, const std::string& where) {
   const auto wrong = [&] {
-    fail("{}: '{}' must be {}, got '{}'", where, key.path, kind_name(key.kind),
-         node.IsScalar() ? node.Scalar() : std::string(node.IsSequence() ? "a list" : "a mapping"));
+    fail("{}: '{}' must be {}, got {}", where, key.path, kind_name(key.kind),
+         node.IsScalar()     ? fmt::format("'{}'", node.Scalar())
+         : node.IsNull()     ? std::string("nothing")
+         : node.IsSequence() ? std::string("a list")
+                             : std::string("a mapping"));
   };
   try {
     switch (key.kind) {
       case Kind::String:
+        if (node.IsNull()) {  // `key:` or `key=` with nothing after it: the empty string
+          *static_cast<std::string*>(key.field(e)) = "";
+          break;
+        }
         if (!node.IsScalar()) wrong();
         *static_cast<std::string*>(key.field(e)) = node.as<std::string>();
         break;
