@@ -10,6 +10,7 @@
 #include "trainer/cli/dtype_option.h"
 #include "trainer/cli/model_options.h"
 #include "trainer/model/source.h"
+#include "trainer/train/resources.h"
 
 namespace dj::cli {
 
@@ -76,26 +77,26 @@ void register_convert(CLI::App& app) {
                    merged.tensors.size(), step == merged.metadata.end() ? "" : ", step " + step->dump());
       return;
     }
-    ModelSource source = read_model_source(o->from);
+    // Streamed: one tensor is read, converted and written at a time.
+    StoredModelSource source = open_model_source(o->from);
     if (!source.optimizer_state.empty())
       spdlog::info("{}: writing the model only; the optimizer state is dropped", o->from);
     if (o->attention == "softmax" && source.config.is_dijiang())
       fail("{} has DiJiang attention; converting back to softmax attention is not supported", o->from);
     if (o->attention == "dijiang") convert_to_dijiang(source, o->dijiang);
     const DType dtype = parse_floating_dtype(o->dtype);
-    NativeCheckpoint checkpoint;
-    checkpoint.config = source.config.to_hf_json(source.hf_config, torch_dtype_name(o->dtype));
-    checkpoint.metadata = {{"converted_from", source.path.string()},
-                           {"source_format", source.kind == ModelSource::Kind::HuggingFace ? "hf" : "native"},
-                           {"writer", "dijiang 0.1.0"}};
-    checkpoint.tensors = validated_tensors(source, dtype);
+    const nlohmann::json config = source.config.to_hf_json(source.hf_config, torch_dtype_name(o->dtype));
+    const nlohmann::json metadata = {{"converted_from", source.path.string()},
+                                     {"source_format", source.kind == SourceKind::HuggingFace ? "hf" : "native"},
+                                     {"writer", "dijiang 0.1.0"}};
+    const TensorPlan tensors = validated_plan(source, dtype);
     if (o->shards > 0)
-      write_native_checkpoint_directory(o->to, checkpoint, o->shards);
+      write_native_checkpoint_directory(o->to, config, metadata, tensors, o->shards);
     else
-      write_native_checkpoint(o->to, checkpoint);
-    spdlog::info("wrote {} ({} attention, {} tensors, {} parameters, {})", o->to,
-                 source.config.is_dijiang() ? "DiJiang" : "softmax", checkpoint.tensors.size(),
-                 source.config.parameter_count(), o->dtype);
+      write_native_checkpoint(o->to, config, metadata, tensors);
+    spdlog::info("wrote {} ({} attention, {} tensors, {} parameters, {}; peak RSS {:.1f} MB)", o->to,
+                 source.config.is_dijiang() ? "DiJiang" : "softmax", tensors.size(),
+                 source.config.parameter_count(), o->dtype, static_cast<double>(peak_resident_bytes()) / 1e6);
   });
 }
 

@@ -11,6 +11,7 @@
 #include "trainer/cli/dtype_option.h"
 #include "trainer/model/dijiang_tensors.h"
 #include "trainer/model/source.h"
+#include "trainer/train/resources.h"
 
 namespace dj::cli {
 
@@ -23,12 +24,12 @@ struct ExportOptions {
 };
 
 // --tokenizer, else the source directory's own, else the GPT-NeoX tokenizer shipped in data/.
-fs::path find_tokenizer(const ExportOptions& o, const ModelSource& source) {
+fs::path find_tokenizer(const ExportOptions& o, const StoredModelSource& source) {
   if (!o.tokenizer.empty()) {
     if (!fs::is_regular_file(o.tokenizer)) fail("--tokenizer {}: no such file", o.tokenizer);
     return o.tokenizer;
   }
-  if (source.kind == ModelSource::Kind::HuggingFace && fs::is_regular_file(source.path / "tokenizer.json"))
+  if (source.kind == SourceKind::HuggingFace && fs::is_regular_file(source.path / "tokenizer.json"))
     return source.path / "tokenizer.json";
   const fs::path shipped = fs::path(DIJIANG_DATA_DIR) / "tokenizer" / "tokenizer.json";
   if (fs::is_regular_file(shipped)) return shipped;
@@ -47,11 +48,13 @@ void register_export(CLI::App& app) {
   cmd->add_option("--tokenizer", o->tokenizer, "tokenizer.json to place beside the weights");
   cmd->add_flag("--force", o->force, "replace an existing output directory");
   cmd->callback([o] {
-    ModelSource source = read_model_source(o->from);
+    // Streamed: one tensor is read, converted and written at a time.
+    const StoredModelSource source = open_model_source(o->from);
     const DType dtype = parse_floating_dtype(o->dtype);
-    TensorMap tensors = validated_tensors(source, dtype);
+    const TensorPlan validated = validated_plan(source, dtype);
     // DiJiang models are written in the reference modeling code's layout (docs/method.md, section 5).
-    if (source.config.is_dijiang()) tensors = export_interchange(tensors, source.config, dtype);
+    const TensorPlan tensors =
+        source.config.is_dijiang() ? export_interchange(validated, source.config, dtype) : validated;
     const fs::path tokenizer = find_tokenizer(*o, source);
     const nlohmann::json config = source.config.to_hf_json(source.hf_config, torch_dtype_name(o->dtype));
     // Refused without --force, with its own message so that the user learns about the flag.
@@ -61,15 +64,15 @@ void register_export(CLI::App& app) {
       return true;
     };
     write_directory_atomically(o->to, may_replace, [&](const fs::path& dir) {
-      write_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
+      write_planned_safetensors(dir / "model.safetensors", tensors, {{"format", "pt"}});
       std::ofstream out(dir / "config.json");
       out << config.dump(2) << "\n";
       if (!out) fail("{}: cannot write config.json", o->to);
       out.close();
       fs::copy_file(tokenizer, dir / "tokenizer.json");
     });
-    spdlog::info("wrote {} (model.safetensors {}, config.json, tokenizer.json from {})", o->to, o->dtype,
-                 tokenizer.string());
+    spdlog::info("wrote {} (model.safetensors {}, config.json, tokenizer.json from {}; peak RSS {:.1f} MB)", o->to,
+                 o->dtype, tokenizer.string(), static_cast<double>(peak_resident_bytes()) / 1e6);
   });
 }
 
