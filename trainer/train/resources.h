@@ -24,6 +24,7 @@ struct RunResources {
   int64_t steps = 1;                 // steps this process trained (at least 1)
   int64_t rss_outside_state = 0;     // resident bytes outside the state when training began
   comm::Traffic validation_traffic;  // collectives of validation, left out of the per-step figures
+  int64_t source_bytes_read = 0;     // bytes of the model or checkpoint read to start
 };
 
 // Per rank: the peak bytes of parameters, gradients and optimizer state the sharded state held,

@@ -113,26 +113,31 @@ class Run {
       make_state(source.config);
       load([&](const std::string& dataset, int64_t begin, int64_t end, float* out) {
         reader->read(dataset, begin, end, out);
+        source_bytes_read_ += (end - begin) * static_cast<int64_t>(sizeof(float));
       }, true);
       restore(source.metadata, from);
     } else {
-      ModelSource source = from.empty() ? initial_source() : read_model_source(from);
+      // The source is opened, not read: each rank reads the ranges of the tensors its ZeRO slice
+      // holds (the whole model at stages 0-2, 1/ranks of it at stage 3), converted to f32 as
+      // they are read; DiJiang tensors are made the same way.
+      const int64_t read_before = stored_bytes_read();
+      StoredModelSource source = from.empty() ? initial_source() : open_model_source(from);
       prepare_attention(source);
       make_state(source.config);
       const ParameterLayout& layout = layout_;
       check_tensors(layout, source.config, source.tensors, source.path.string());
       if (!from.empty()) check_optimizer_state(source, from);
       load([&](const std::string& dataset, int64_t begin, int64_t end, float* out) {
-        const TensorMap& map = dataset == kFlatParameters ? source.tensors : source.optimizer_state;
+        const StoredTensorMap& map = dataset == kFlatParameters ? source.tensors : source.optimizer_state;
         const std::string prefix = dataset == kFlatParameters ? "" : dataset + ".";
         for (const auto& view : layout.views()) {
           const int64_t lo = std::max(begin, view.offset), hi = std::min(end, view.offset + view.numel());
           if (lo >= hi) continue;
-          const Tensor values = map.at(prefix + view.name).to(DType::F32);
-          std::memcpy(out + (lo - begin), values.data<float>() + (lo - view.offset),
-                      static_cast<size_t>(hi - lo) * sizeof(float));
+          map.at(prefix + view.name)
+              .read_elements(lo - view.offset, hi - lo, DType::F32, reinterpret_cast<std::byte*>(out + (lo - begin)));
         }
       }, !from.empty());
+      source_bytes_read_ = stored_bytes_read() - read_before;
       if (!from.empty()) restore(source.metadata, from);
     }
     if (from.empty() && rank_ == 0) std::ofstream(metrics_path(), std::ios::trunc);
@@ -265,23 +270,25 @@ class Run {
  private:
   // model.source is a model, or a GPT-NeoX config.json to train from scratch (weights from
   // initial_tensors, seeded by the experiment's seed).
-  ModelSource initial_source() const {
+  StoredModelSource initial_source() const {
     const fs::path path = e_.model_source;
-    if (!(fs::is_regular_file(path) && path.extension() == ".json")) return read_model_source(path);
+    if (!(fs::is_regular_file(path) && path.extension() == ".json")) return open_model_source(path);
     std::ifstream in(path);
     nlohmann::json json = nlohmann::json::parse(in, nullptr, false);
     if (json.is_discarded()) fail("{}: bad JSON", path.string());
-    ModelSource source;
+    StoredModelSource source;
     source.path = path;
     source.hf_config = json;
     source.config = ModelConfig::from_hf_json(json, path.string());
     if (source.config.is_dijiang()) fail("{}: a config to train from scratch must have softmax attention", path.string());
-    source.tensors = initial_tensors(source.config, e_.seed);
+    for (auto& [name, tensor] : initial_tensors(source.config, e_.seed))
+      source.tensors.emplace(name, StoredTensor::in_memory(std::move(tensor)));
     if (rank_ == 0) spdlog::info("initialised a fresh model from {} (seed {})", path.string(), e_.seed);
     return source;
   }
 
-  void prepare_attention(ModelSource& source) {
+  template <class Source>
+  void prepare_attention(Source& source) {
     if (e_.attention == TargetAttention::Softmax && source.config.is_dijiang())
       fail("model.attention is softmax but {} has DiJiang attention", source.path.string());
     if (e_.attention == TargetAttention::DiJiang && !source.config.is_dijiang()) {
@@ -312,7 +319,7 @@ class Run {
 
   void load(const TrainingState::Reader& read, bool with_moments) { state_->load(read, with_moments); }
 
-  void check_optimizer_state(const ModelSource& source, const fs::path& from) const {
+  void check_optimizer_state(const StoredModelSource& source, const fs::path& from) const {
     for (const auto& view : layout_.views())
       for (const char* prefix : {"optimizer.m.", "optimizer.v."}) {
         const auto it = source.optimizer_state.find(prefix + view.name);
@@ -520,7 +527,7 @@ class Run {
   void report_resources(int64_t first_step) {
     report_run_resources(*state_, comm_,
                          {e_, config_, rank_, world_, on_gpu_, std::max<int64_t>(1, step_ - first_step),
-                          rss_outside_state_, validation_traffic_});
+                          rss_outside_state_, validation_traffic_, source_bytes_read_});
   }
 
   Experiment e_;
@@ -534,6 +541,7 @@ class Run {
   std::unique_ptr<TrainingState> state_;
   std::vector<uint8_t> decay_, update_;  // over the range this rank updates
   int64_t rss_outside_state_ = 0;
+  int64_t source_bytes_read_ = 0;  // of the model or checkpoint, to start
   int64_t trained_values_ = 0;
   std::unique_ptr<TokenBatches> batches_;
   std::vector<int32_t> valid_;
