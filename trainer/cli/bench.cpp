@@ -356,6 +356,7 @@ void register_bench(CLI::App& app) {
   attention->callback([a] { bench_attention(*a); });
 
   register_bench_generate(*bench);
+  register_bench_make_model(*bench);
 }
 
 }  // namespace dj::cli

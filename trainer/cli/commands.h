@@ -17,5 +17,6 @@ void register_generate(CLI::App& app);
 void register_eval_tasks(CLI::App& app);
 // bench generate, a subcommand of bench (bench_generate.cpp).
 void register_bench_generate(CLI::App& bench);
+void register_bench_make_model(CLI::App& bench);
 
 }  // namespace dj::cli

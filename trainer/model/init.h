@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 
+#include "trainer/checkpoint/stored_tensor.h"
 #include "trainer/checkpoint/tensor_map.h"
 #include "trainer/model/config.h"
 
@@ -12,5 +13,10 @@ namespace dj {
 
 // The softmax GPT-NeoX tensors of `config` (F32). DiJiang tensors are added by conversion.
 TensorMap initial_tensors(const ModelConfig& config, uint64_t seed);
+
+// The same distributions as a plan (F32), each tensor drawn from its own stream of `seed` when a
+// writer reaches it, so that a model of any size is made one tensor at a time. The values differ
+// from initial_tensors' (which draws every tensor from one stream in layout order).
+TensorPlan random_tensor_plan(const ModelConfig& config, uint64_t seed);
 
 }  // namespace dj
