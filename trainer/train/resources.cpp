@@ -47,7 +47,7 @@ void report_run_resources(TrainingState& state, comm::Communicator& comm, const 
   t.all_gather -= run.validation_traffic.all_gather;
   const RankMemory plan =
       plan_rank_memory(plan_input(e, run.config, world, static_cast<int>(e.zero_stage), run.on_gpu), rank);
-  constexpr int kFields = 19;
+  constexpr int kFields = 20;
   std::vector<double> table(static_cast<size_t>(world * kFields), 0.0);
   double* mine = table.data() + rank * kFields;
   const double values[kFields] = {static_cast<double>(peak.parameters), static_cast<double>(peak.gradients),
@@ -62,19 +62,20 @@ void report_run_resources(TrainingState& state, comm::Communicator& comm, const 
                                   static_cast<double>(plan.parameters), static_cast<double>(plan.compute_copy),
                                   static_cast<double>(plan.gradients), static_cast<double>(plan.optimizer),
                                   static_cast<double>(plan.activations), static_cast<double>(plan.workspace),
-                                  static_cast<double>(plan.total()), static_cast<double>(run.source_bytes_read)};
+                                  static_cast<double>(plan.total()), static_cast<double>(run.source_bytes_read),
+                                  static_cast<double>(run.start_peak)};
   std::copy(values, values + kFields, mine);
   comm.all_reduce_host(table.data(), static_cast<int64_t>(table.size()));
   if (rank != 0) return;
   constexpr double kMiB = 1024.0 * 1024.0;
   nlohmann::json ranks = nlohmann::json::array();
   spdlog::info("resources per rank (ZeRO stage {}, {} ranks; MiB; communication per step):", e.zero_stage, world);
-  spdlog::info("  rank  params  grads  optim  state  max RSS  source read | all-reduce  reduce-scatter  all-gather  total");
+  spdlog::info("  rank  params  grads  optim  state  max RSS  at start  source read | all-reduce  reduce-scatter  all-gather  total");
   for (int r = 0; r < world; ++r) {
     const double* v = table.data() + r * kFields;
-    spdlog::info("  {:4d} {:7.1f} {:6.1f} {:6.1f} {:6.1f} {:8.1f} {:12.1f} | {:10.1f} {:15.1f} {:11.1f} {:6.1f}", r,
-                 v[0] / kMiB, v[1] / kMiB, v[2] / kMiB, v[3] / kMiB, v[4] / kMiB, v[18] / kMiB, v[5] / kMiB,
-                 v[6] / kMiB, v[7] / kMiB, v[8] / kMiB);
+    spdlog::info("  {:4d} {:7.1f} {:6.1f} {:6.1f} {:6.1f} {:8.1f} {:9.1f} {:12.1f} | {:10.1f} {:15.1f} {:11.1f} {:6.1f}",
+                 r, v[0] / kMiB, v[1] / kMiB, v[2] / kMiB, v[3] / kMiB, v[4] / kMiB, v[19] / kMiB, v[18] / kMiB,
+                 v[5] / kMiB, v[6] / kMiB, v[7] / kMiB, v[8] / kMiB);
     ranks.push_back({{"rank", r},
                      {"state_bytes", {{"parameters", v[0]}, {"gradients", v[1]}, {"optimizer", v[2]}, {"total", v[3]}}},
                      {"max_rss_bytes", v[4]},
@@ -85,6 +86,9 @@ void report_run_resources(TrainingState& state, comm::Communicator& comm, const 
                      // Bytes of the model or checkpoint this rank read to start (its ZeRO slice
                      // at stage 3; 0 where nothing was read).
                      {"source_bytes_read", v[18]},
+                     // The peak resident memory once the state was loaded, before training: the
+                     // libraries, the state and what reading the source took.
+                     {"max_rss_start_bytes", v[19]},
                      {"plan_bytes",
                       {{"parameters", v[11]}, {"compute_copy", v[12]}, {"gradients", v[13]}, {"optimizer", v[14]},
                        {"activations", v[15]}, {"workspace", v[16]}, {"total", v[17]}}},

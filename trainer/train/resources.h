@@ -25,6 +25,7 @@ struct RunResources {
   int64_t rss_outside_state = 0;     // resident bytes outside the state when training began
   comm::Traffic validation_traffic;  // collectives of validation, left out of the per-step figures
   int64_t source_bytes_read = 0;     // bytes of the model or checkpoint read to start
+  int64_t start_peak = 0;            // resident peak once the state was loaded (before training)
 };
 
 // Per rank: the peak bytes of parameters, gradients and optimizer state the sharded state held,

@@ -110,11 +110,17 @@ auto ShardedState<Ops>::take_buffer(std::vector<Array<U>>& pool, int64_t size, i
 
 template <class Ops>
 void ShardedState<Ops>::load(const Reader& read, bool with_moments) {
+  // Staged through a host buffer of at most kLoadPieceValues values, so that loading holds the
+  // state and one piece, not a second copy of a buffer.
+  constexpr int64_t kLoadPieceValues = int64_t{8} << 20;
   std::vector<float> host;
   const auto fill = [&](const char* dataset, float* out, int64_t begin, int64_t count) {
-    host.resize(static_cast<size_t>(count));
-    read(dataset, begin, begin + count, host.data());
-    ops_.upload(out, host.data(), count);
+    for (int64_t done = 0; done < count; done += kLoadPieceValues) {
+      const int64_t n = std::min(kLoadPieceValues, count - done);
+      host.resize(static_cast<size_t>(n));
+      read(dataset, begin + done, begin + done + n, host.data());
+      ops_.upload(out + done, host.data(), n);
+    }
   };
   const int64_t p0 = stage_ == 3 ? owned_begin() : 0;
   fill("parameters", params_.data(), p0, static_cast<int64_t>(params_.size()));

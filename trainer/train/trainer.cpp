@@ -115,6 +115,7 @@ class Run {
         reader->read(dataset, begin, end, out);
         source_bytes_read_ += (end - begin) * static_cast<int64_t>(sizeof(float));
       }, true);
+      start_peak_ = peak_resident_bytes();
       restore(source.metadata, from);
     } else {
       // The source is opened, not read: each rank reads the ranges of the tensors its ZeRO slice
@@ -138,6 +139,7 @@ class Run {
         }
       }, !from.empty());
       source_bytes_read_ = stored_bytes_read() - read_before;
+      start_peak_ = peak_resident_bytes();
       if (!from.empty()) restore(source.metadata, from);
     }
     if (from.empty() && rank_ == 0) std::ofstream(metrics_path(), std::ios::trunc);
@@ -527,7 +529,7 @@ class Run {
   void report_resources(int64_t first_step) {
     report_run_resources(*state_, comm_,
                          {e_, config_, rank_, world_, on_gpu_, std::max<int64_t>(1, step_ - first_step),
-                          rss_outside_state_, validation_traffic_, source_bytes_read_});
+                          rss_outside_state_, validation_traffic_, source_bytes_read_, start_peak_});
   }
 
   Experiment e_;
@@ -542,6 +544,7 @@ class Run {
   std::vector<uint8_t> decay_, update_;  // over the range this rank updates
   int64_t rss_outside_state_ = 0;
   int64_t source_bytes_read_ = 0;  // of the model or checkpoint, to start
+  int64_t start_peak_ = 0;         // resident peak when the state was loaded
   int64_t trained_values_ = 0;
   std::unique_ptr<TokenBatches> batches_;
   std::vector<int32_t> valid_;
