@@ -79,7 +79,9 @@ TEST(StoredTensor, EveryReaderServesRowsAndConversions) {
   const StoredTensorMap safetensors = open_safetensors(dir / "t.safetensors");
   const StoredTensorMap native = open_native_checkpoint(dir / "t.h5").tensors;
   const StoredTensorMap shards = open_native_checkpoint(dir / "shards").tensors;
-  for (const auto& [name, tensor] : tensors) {
+  for (const auto& entry : tensors) {
+    const std::string& name = entry.first;
+    const Tensor& tensor = entry.second;
     SCOPED_TRACE(name);
     expect_reads_like(safetensors.at(name), tensor);
     expect_reads_like(native.at(name), tensor);

@@ -105,15 +105,19 @@ TensorMap read_all(const StoredTensorMap& stored) {
 
 TensorPlan plan_of(const TensorMap& tensors) {
   TensorPlan plan;
-  for (const auto& [name, tensor] : tensors)
-    plan.emplace(name, PlannedTensor{tensor.dtype(), tensor.shape(), [tensor] { return tensor; }});
+  for (const auto& entry : tensors) {
+    const Tensor& tensor = entry.second;
+    plan.emplace(entry.first, PlannedTensor{tensor.dtype(), tensor.shape(), [tensor] { return tensor; }});
+  }
   return plan;
 }
 
 TensorPlan plan_of(const StoredTensorMap& stored) {
   TensorPlan plan;
-  for (const auto& [name, tensor] : stored)
-    plan.emplace(name, PlannedTensor{tensor.dtype(), tensor.shape(), [&tensor] { return tensor.read(); }});
+  for (const auto& entry : stored) {
+    const StoredTensor& tensor = entry.second;
+    plan.emplace(entry.first, PlannedTensor{tensor.dtype(), tensor.shape(), [&tensor] { return tensor.read(); }});
+  }
   return plan;
 }
 

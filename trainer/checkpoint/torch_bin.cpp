@@ -243,7 +243,8 @@ StoredTensorMap open_archive(const std::filesystem::path& path) {
   std::map<std::string, const std::pair<std::string, TensorRef>*> first_user;  // storage key -> tensor
   StoredTensorMap tensors;
   for (const auto& entry : entries) {
-    const auto& [name, ref] = entry;
+    const std::string& name = entry.first;
+    const TensorRef& ref = entry.second;
     const StorageRef& storage = ref.storage;
     const auto [first, inserted] = first_user.emplace(storage.key, &entry);
     if (!inserted && (first->second->second.storage.dtype != storage.dtype ||

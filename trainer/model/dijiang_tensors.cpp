@@ -191,7 +191,9 @@ TensorPlan export_interchange(const TensorPlan& tensors, const ModelConfig& conf
          "cannot be exported with --format hf");
   const int64_t H = config.num_heads, L = config.max_position_embeddings;
   TensorPlan out;
-  for (const auto& [name, planned] : tensors) {
+  for (const auto& entry : tensors) {
+    const std::string& name = entry.first;
+    const PlannedTensor& planned = entry.second;
     if (name.ends_with(".attention.log_gamma")) {
       // The tables are small ([1, H, L, 1]) and checked here, before anything is written.
       const std::string p = name.substr(0, name.size() - std::string("log_gamma").size());

@@ -63,6 +63,10 @@ class GPTNeoXModel {
   // Refuses configurations the backend cannot run (a DiJiang form it lacks, a head size its
   // kernels do not support) with a message saying what to change.
   explicit GPTNeoXModel(ModelConfig config, Ops ops = Ops());
+  // A model whose parameters and gradients another storage will hold: nothing is allocated for
+  // them here, and use_storage must be called before the model is used.
+  struct ExternalStorage {};
+  GPTNeoXModel(ModelConfig config, Ops ops, ExternalStorage);
   ~GPTNeoXModel();
   GPTNeoXModel(const GPTNeoXModel&) = delete;
   GPTNeoXModel& operator=(const GPTNeoXModel&) = delete;

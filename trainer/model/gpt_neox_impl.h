@@ -71,7 +71,12 @@ class OwnedStorage final : public ModelStorage<Ops> {
 };
 
 template <class Ops>
-GPTNeoXModel<Ops>::GPTNeoXModel(ModelConfig config, Ops ops)
+GPTNeoXModel<Ops>::GPTNeoXModel(ModelConfig config, Ops ops) : GPTNeoXModel(std::move(config), std::move(ops), ExternalStorage{}) {
+  use_storage(nullptr);
+}
+
+template <class Ops>
+GPTNeoXModel<Ops>::GPTNeoXModel(ModelConfig config, Ops ops, ExternalStorage)
     : config_(std::move(config)),
       layout_(ParameterLayout::gpt_neox(config_)),
       segments_(gpt_neox_segments(layout_, config_)),
@@ -85,8 +90,6 @@ GPTNeoXModel<Ops>::GPTNeoXModel(ModelConfig config, Ops ops)
            choice_name(form_), Ops::kName);
   }
   Ops::check_config(config_);
-  own_ = std::make_unique<OwnedStorage<Ops>>(ops_, segments_, layout_.total());
-  use_storage(nullptr);
 }
 
 template <class Ops>

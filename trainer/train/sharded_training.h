@@ -17,7 +17,8 @@ class ShardedTraining : public TrainingState {
  public:
   // `comm` carries the collectives on the backend's buffers and must outlive this.
   ShardedTraining(const ModelConfig& config, int stage, comm::Communicator& comm, Ops ops, std::string description)
-      : description_(std::move(description)), comm_(comm), model_(config, ops),
+      : description_(std::move(description)), comm_(comm),
+        model_(config, ops, typename GPTNeoXModel<Ops>::ExternalStorage{}),
         state_(comm, stage, model_.segments(), ops) {
     model_.use_storage(&state_);
   }
