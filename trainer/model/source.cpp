@@ -127,7 +127,7 @@ ModelConfig read_model_config(const std::filesystem::path& path) {
   // A directory exported for the reference DiJiang code without our config field reads as its
   // softmax config here: its D1 tables are only found with the tensors.
   if (!is_native_checkpoint(path) && is_hf_directory(path)) return parse_json(path / "config.json");
-  return read_model_source(path).config;
+  return open_model_source(path).config;
 }
 
 TensorPlan validated_plan(const StoredModelSource& source, DType dtype) {

@@ -41,7 +41,7 @@ StoredModelSource open_model_source(const std::filesystem::path& path);
 
 // The model config alone, without reading tensors where the format allows: a GPT-NeoX config.json
 // file, a Hugging Face directory's config.json (a directory of the reference DiJiang code without
-// our config field reads as softmax), a flat checkpoint's header; a native checkpoint is read whole.
+// our config field reads as softmax), a flat checkpoint's header, a native checkpoint's headers.
 ModelConfig read_model_config(const std::filesystem::path& path);
 
 // The model's tensors, checked against its config (check_tensors), each converted straight from
