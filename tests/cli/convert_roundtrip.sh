@@ -41,4 +41,19 @@ awk -v a="$(json_field "$half" loss)" -v b="$(json_field "$hf" loss)" 'BEGIN { d
 double=$("$DIJIANG" -q eval --model "$MODEL" --tokens "$TOKENS" --seq-len 64 --precision f64 --json)
 awk -v a="$(json_field "$double" loss)" -v b="$(json_field "$hf" loss)" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d < 1e-5 * b) }' \
   || die "f64 loss $double vs f32 $hf"
+
+# bench make-model: a random model of a config, written one tensor at a time, that every command
+# reads; the same seed gives the same bytes, another seed other weights.
+"$DIJIANG" -q bench make-model --config "$MODEL/config.json" --to "$WORK/random" --seed 5
+"$DIJIANG" -q bench make-model --config "$MODEL/config.json" --to "$WORK/random-again" --seed 5 --dtype bf16
+"$DIJIANG" -q bench make-model --config "$MODEL/config.json" --to "$WORK/random-other" --seed 6
+"$DIJIANG" -q convert --from "$WORK/random" --to "$WORK/random-rounded.h5" --dtype bf16
+[ "$(loss "$WORK/random-again")" = "$(loss "$WORK/random-rounded.h5")" ] ||
+  die "make-model --dtype bf16 differs from rounding the f32 model"
+! cmp -s "$WORK/random/model.safetensors" "$WORK/random-other/model.safetensors" || die "seeds 5 and 6 gave the same model"
+random=$(loss "$WORK/random")
+[ "$(json_field "$random" tokens)" = 984 ] || die "random model: $random"
+status=0
+"$DIJIANG" -q bench make-model --config "$MODEL/config.json" --to "$WORK/random" 2>"$WORK/err" || status=$?
+[ "$status" -eq 1 ] && grep -q "pass --force" "$WORK/err" || die "make-model replaced a directory without --force"
 echo "convert/export round trip: loss $(json_field "$hf" loss) at every stage"
