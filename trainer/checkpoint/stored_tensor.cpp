@@ -112,15 +112,6 @@ TensorPlan plan_of(const TensorMap& tensors) {
   return plan;
 }
 
-TensorPlan plan_of(const StoredTensorMap& stored) {
-  TensorPlan plan;
-  for (const auto& entry : stored) {
-    const StoredTensor& tensor = entry.second;
-    plan.emplace(entry.first, PlannedTensor{tensor.dtype(), tensor.shape(), [&tensor] { return tensor.read(); }});
-  }
-  return plan;
-}
-
 TensorMap make_all(const TensorPlan& plan) {
   TensorMap tensors;
   for (const auto& [name, planned] : plan) tensors.emplace(name, make_planned(name, planned, "make_all"));

@@ -83,8 +83,6 @@ using TensorPlan = std::map<std::string, PlannedTensor>;
 
 // Tensors already in memory as a plan.
 TensorPlan plan_of(const TensorMap& tensors);
-// The stored tensors as a plan that reads each one (in its stored dtype) when reached.
-TensorPlan plan_of(const StoredTensorMap& stored);
 // Makes every planned tensor (all held at once: for tests and small models).
 TensorMap make_all(const TensorPlan& plan);
 // Makes `planned` and checks that it has the promised dtype and shape; `writer` names the output.
