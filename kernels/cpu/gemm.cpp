@@ -6,6 +6,7 @@
 
 #ifndef DIJIANG_NO_BLAS
 #include <cblas.h>
+#include <omp.h>
 #endif
 
 #include <algorithm>
@@ -34,6 +35,24 @@ constexpr int64_t kColumnChunk = 64;
 constexpr int64_t kParallelThreshold = 1 << 15;
 
 #ifndef DIJIANG_NO_BLAS
+// Every product is cut into blocks that the program's OpenMP team shares (see gemm), so OpenBLAS
+// must run each block on the thread that calls it. Its OpenMP build (0.3.21) does not keep to
+// that inside a parallel region while its own thread count is above one: the calls of the team's
+// first thread started teams of their own, which then fought the other threads for the cores
+// (products of 512 x 2048 x 512 in 6 blocks on 2 threads: 1.5x slower, single calls 3-6x slower
+// than their neighbours). With its count at one, OpenBLAS runs every call single-threaded; a
+// substituted pthread build then leaves its own pool idle too. Set once, before the first product;
+// the OpenMP build's setter also sets the calling thread's OpenMP team size, which is put back.
+void keep_blas_single_threaded() {
+  static const bool once = [] {
+    const int team = omp_get_max_threads();
+    openblas_set_num_threads(1);
+    omp_set_num_threads(team);
+    return true;
+  }();
+  (void)once;
+}
+
 // The blocks a product is cut into (see gemm): at most 6 (an even share for 1, 2, 3 and 6
 // threads), each at least 64 wide, with boundaries on multiples of 16.
 constexpr int64_t kMaxGemmBlocks = 6;
@@ -119,6 +138,7 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, 
   (void)k;
   gemm_fallback<T>(trans_a, trans_b, M, N, K, alpha, A, B, beta, C);
 #else
+  keep_blas_single_threaded();
   // Leading dimensions of the stored (not transposed) operands; BLAS demands at least 1 even
   // when the matrix is empty (K == 0).
   const int lda = std::max(1, trans_a ? m : k);
