@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "kernels/core/error.h"
+#include "kernels/cpu/simd.h"
 #include "kernels/cuda/device.h"
 
 namespace dj {
@@ -94,8 +95,8 @@ void warn_about_blas() {
 }
 
 std::string cpu_description() {
-  return fmt::format("CPU ({} threads, OpenBLAS {} kernels, {} build)", omp_get_max_threads(), openblas_get_corename(),
-                     blas_info().build);
+  return fmt::format("CPU ({} threads, OpenBLAS {} kernels, {} build, {})", omp_get_max_threads(),
+                     openblas_get_corename(), blas_info().build, cpu::simd_description(cpu::simd_width()));
 }
 
 void request_device(const std::string& device) {

@@ -12,14 +12,15 @@ enum class Backend { CPU, CUDA };
 
 struct BackendInfo {
   Backend backend = Backend::CPU;
-  std::string description;  // "CPU (8 threads, OpenBLAS Haswell kernels)" or "CUDA device 0: NVIDIA H200 (sm_90)"
+  std::string description;  // cpu_description() or "CUDA device 0: NVIDIA H200 (sm_90)"
 };
 
 // "auto" (the default), "cpu" or "cuda"; anything else is an error.
 void request_device(const std::string& device);
 // The backend for the current command (probing on the first call).
 BackendInfo select_backend();
-// The CPU's description, for messages: "CPU (2 threads, OpenBLAS Haswell kernels, OpenMP build)".
+// The CPU's description, for messages:
+// "CPU (2 threads, OpenBLAS Haswell kernels, OpenMP build, AVX2 (8 float lanes))".
 std::string cpu_description();
 
 // The OpenBLAS the process loaded (which may not be the one it was linked with: LD_LIBRARY_PATH,

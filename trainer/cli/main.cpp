@@ -11,6 +11,7 @@
 #include "comm/communicator.h"
 #include "kernels/backend.h"
 #include "kernels/core/error.h"
+#include "kernels/cpu/simd.h"
 #include "trainer/cli/commands.h"
 
 int main(int argc, char** argv) {
@@ -41,7 +42,8 @@ int main(int argc, char** argv) {
   // stored before this runs (the parse-complete callback below comes after it).
   app.set_version_flag("--version", [&threads] {
     if (threads > 0) omp_set_num_threads(threads);
-    std::string text = fmt::format("dijiang 0.1.0\nBLAS: {}", dj::blas_description());
+    std::string text = fmt::format("dijiang 0.1.0\nBLAS: {}\nSIMD: {}", dj::blas_description(),
+                                   dj::cpu::simd_description(dj::cpu::simd_width()));
     const dj::BlasInfo blas = dj::blas_info();
     if (!blas.shares_openmp_pool())
       text += fmt::format("\nwarning: this is OpenBLAS's {} build, not the OpenMP build dijiang was linked with: "
@@ -54,6 +56,7 @@ int main(int argc, char** argv) {
     spdlog::set_level(verbose ? spdlog::level::debug : quiet ? spdlog::level::warn : spdlog::level::info);
     if (threads > 0) omp_set_num_threads(threads);
     dj::request_device(device);
+    dj::cpu::simd_width();  // reads DIJIANG_SIMD now, so that a bad value stops the command before it starts
   });
 
   dj::cli::register_inspect(app);
