@@ -15,7 +15,7 @@ expect_failure "train needs an experiment" "$DIJIANG" train
 # Every experiment key describes itself, in --list-keys and in train --help.
 keys="$("$DIJIANG" train --list-keys)"
 grep -q "^model.dijiang.form  *parallel | chunkwise | recurrent, default chunkwise$" <<<"$keys" || die "--list-keys: $keys"
-[ "$(grep -c '^[a-z]' <<<"$keys")" -eq 36 ] || die "--list-keys does not list 36 keys"
+[ "$(grep -c '^[a-z]' <<<"$keys")" -eq 37 ] || die "--list-keys does not list 37 keys"
 "$DIJIANG" train --help | grep -q "^distributed.zero_stage  *integer, default 0$" || die "train --help lists no keys"
 
 # Truncated weights.

@@ -59,3 +59,26 @@ expect_failure "already has DiJiang attention" "$DIJIANG" convert --from "$WORK/
 expect_failure "converting back to softmax attention is not supported" \
   "$DIJIANG" convert --from "$WORK/dj.h5" --to "$WORK/x.h5" --attention softmax
 echo "DiJiang conversion and interchange round trip: loss $(json_field "$native" loss)"
+
+# The variants that share DiJiang's kernels: RetNet-style retention (no feature map, no proj_matrix)
+# and the Gaussian projection. Each converts, reports itself, evaluates in f32 chunkwise as in f64
+# parallel, and the one without a feature map is refused by the reference layout.
+"$DIJIANG" -q convert --from "$MODEL" --to "$WORK/retnet.h5" --attention retnet --seed 7 --chunk 16
+"$DIJIANG" -q inspect --model "$WORK/retnet.h5" | grep -q "attention RetNet-style (DiJiang without a feature map): seed 7" \
+  || die "inspect does not report the RetNet-style model: $("$DIJIANG" -q inspect --model "$WORK/retnet.h5")"
+"$DIJIANG" -q inspect --model "$WORK/retnet.h5" --json | grep -q proj_matrix && die "the RetNet-style model holds proj_matrix"
+"$DIJIANG" -q convert --from "$MODEL" --to "$WORK/gaussian.h5" --attention dijiang --projection gaussian --seed 7
+"$DIJIANG" -q inspect --model "$WORK/gaussian.h5" | grep -q "attention DiJiang with a Gaussian projection (no DCT)" \
+  || die "inspect does not report the Gaussian projection"
+for variant in retnet gaussian; do
+  fast=$(loss "$WORK/$variant.h5")
+  exact=$("$DIJIANG" -q eval --model "$WORK/$variant.h5" --tokens "$TOKENS" --seq-len 100 --batch 4 --precision f64 \
+    --dijiang-form parallel --json)
+  close "$(json_field "$fast" loss)" "$(json_field "$exact" loss)" 1e-6 || die "$variant: f32 chunkwise $fast vs f64 $exact"
+  [ "$(json_field "$fast" loss)" != "$(json_field "$native" loss)" ] || die "$variant evaluates as DiJiang does"
+done
+expect_failure "has a feature map" "$DIJIANG" -q export --from "$WORK/retnet.h5" --to "$WORK/retnet-hf" --format hf
+[ ! -e "$WORK/retnet-hf" ] || die "a refused export left $WORK/retnet-hf"
+expect_failure "no feature map, but --projection is gaussian" \
+  "$DIJIANG" -q convert --from "$MODEL" --to "$WORK/x.h5" --attention retnet --projection gaussian
+echo "ok: retnet and gaussian variants convert, evaluate (f32 chunkwise = f64 parallel) and are refused where they must be"

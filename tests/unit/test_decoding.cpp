@@ -39,6 +39,13 @@ std::vector<Case> cases() {
     c.dijiang.chunk = 4;  // prompts of 7 tokens: a full chunk and a short one
     out.push_back({"dijiang_" + form, c});
   }
+  for (const FeatureProjection projection : {FeatureProjection::Gaussian, FeatureProjection::None}) {
+    ModelConfig c = test::tiny_config(true, "gelu");
+    c.attention = AttentionKind::DiJiang;
+    c.dijiang.projection = projection;
+    c.dijiang.chunk = 4;
+    out.push_back({"dijiang_projection_" + std::string(choice_name(projection)), c});
+  }
   ModelConfig every = test::tiny_config(false, "gelu");
   every.attention = AttentionKind::DiJiang;
   every.dijiang.chunk = 3;

@@ -163,7 +163,7 @@ TEST(Experiment, KeysDescribeThemselves) {
       EXPECT_TRUE(next.starts_with("    ") && next.size() > 12) << "no help under " << line;
     }
   }
-  EXPECT_EQ(keys, 36);
+  EXPECT_EQ(keys, 37);
   for (const char* expected :
        {"model.source                       string, required", "model.dijiang.form                 parallel | chunkwise | "
                                                                "recurrent, default chunkwise",

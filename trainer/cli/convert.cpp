@@ -44,12 +44,17 @@ void register_convert(CLI::App& app) {
                                 "files, for resuming a sharded run on that many ranks; parameters, "
                                 "optimizer state and metadata are kept bit for bit")
                     ->check(CLI::Range(1, kMaxFlatRanks));
-  auto* attention = cmd->add_option("--attention", o->attention, "softmax or dijiang (default: as the source)")
-                        ->check(CLI::IsMember({"softmax", "dijiang"}));
+  auto* attention = cmd->add_option("--attention", o->attention,
+                                    "softmax, dijiang or retnet (DiJiang without its feature map; default: as the "
+                                    "source)")
+                        ->check(CLI::IsMember({"softmax", "dijiang", "retnet"}));
   ranks->excludes(dtype_flag)->excludes(shards)->excludes(attention);
   const auto dijiang_option = [&](CLI::Option* option) { option->needs(attention); };
   dijiang_option(cmd->add_option("--seed", o->dijiang.seed, "seed of the feature sampling and W_G initialisation"));
   dijiang_option(add_choice(cmd, "--sampling", o->dijiang.sampling, "qmc (default) or mc"));
+  dijiang_option(add_choice(cmd, "--projection", o->dijiang.projection,
+                            "the feature map's projection: dct (default), gaussian (the ablation without the DCT) "
+                            "or none (as --attention retnet)"));
   dijiang_option(cmd->add_option("--chunk", o->dijiang.chunk, "chunk size of the chunkwise form (default 64)")
                      ->check(CLI::Range(int64_t{1}, int64_t{65536})));
   dijiang_option(add_choice(cmd, "--form", o->dijiang.form, "parallel, chunkwise (default) or recurrent"));
@@ -83,7 +88,12 @@ void register_convert(CLI::App& app) {
       spdlog::info("{}: writing the model only; the optimizer state is dropped", o->from);
     if (o->attention == "softmax" && source.config.is_dijiang())
       fail("{} has DiJiang attention; converting back to softmax attention is not supported", o->from);
-    if (o->attention == "dijiang") convert_to_dijiang(source, o->dijiang);
+    if (o->attention == "retnet") {
+      if (o->dijiang.projection == FeatureProjection::Gaussian)
+        fail("--attention retnet has no feature map, but --projection is gaussian");
+      o->dijiang.projection = FeatureProjection::None;
+    }
+    if (o->attention == "dijiang" || o->attention == "retnet") convert_to_dijiang(source, o->dijiang);
     const DType dtype = parse_floating_dtype(o->dtype);
     const nlohmann::json config = source.config.to_hf_json(source.hf_config, torch_dtype_name(o->dtype));
     const nlohmann::json metadata = {{"converted_from", source.path.string()},
@@ -95,7 +105,8 @@ void register_convert(CLI::App& app) {
     else
       write_native_checkpoint(o->to, config, metadata, tensors);
     spdlog::info("wrote {} ({} attention, {} tensors, {} parameters, {}; peak RSS {:.1f} MB)", o->to,
-                 source.config.is_dijiang() ? "DiJiang" : "softmax", tensors.size(),
+                 !source.config.is_dijiang() ? "softmax" : source.config.has_feature_map() ? "DiJiang" : "RetNet-style",
+                 tensors.size(),
                  source.config.parameter_count(), o->dtype, static_cast<double>(peak_resident_bytes()) / 1e6);
   });
 }

@@ -151,8 +151,16 @@ void register_inspect(CLI::App& app) {
     std::printf("  residual %s, activation %s, layer_norm_eps %g, rotary base %g, max positions %lld\n",
                 c.use_parallel_residual ? "parallel" : "sequential", c.hidden_act.c_str(), c.layer_norm_eps,
                 c.rotary_emb_base, static_cast<long long>(c.max_position_embeddings));
-    if (c.is_dijiang())
-      std::printf("  attention DiJiang: sampling %s (seed %llu), form %s (chunk %lld), GroupNorm over %lld groups%s%s\n",
+    if (c.is_dijiang() && !c.has_feature_map())
+      std::printf("  attention RetNet-style (DiJiang without a feature map): seed %llu, form %s (chunk %lld), "
+                  "GroupNorm over %lld groups%s%s\n",
+                  static_cast<unsigned long long>(c.dijiang.seed), choice_name(c.dijiang.form).data(),
+                  static_cast<long long>(c.dijiang.chunk), static_cast<long long>(c.group_norm_groups()),
+                  c.dijiang.feature_weights ? ", learned feature weights" : "",
+                  c.dijiang.learnable_decay ? ", learnable decay" : "");
+    else if (c.is_dijiang())
+      std::printf("  attention DiJiang%s: sampling %s (seed %llu), form %s (chunk %lld), GroupNorm over %lld groups%s%s\n",
+                  c.dijiang.projection == FeatureProjection::Gaussian ? " with a Gaussian projection (no DCT)" : "",
                   choice_name(c.dijiang.sampling).data(), static_cast<unsigned long long>(c.dijiang.seed),
                   choice_name(c.dijiang.form).data(),
                   static_cast<long long>(c.dijiang.chunk), static_cast<long long>(c.group_norm_groups()),

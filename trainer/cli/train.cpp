@@ -26,9 +26,9 @@ namespace {
 void print_plan(const std::string& file, const std::vector<std::string>& overrides, int ranks, double gpu_gib) {
   const Experiment e = load_experiment(file, overrides);
   ModelConfig config = read_model_config(e.model_source);
-  if (e.attention == TargetAttention::DiJiang && !config.is_dijiang()) {
+  if (e.converts_attention() && !config.is_dijiang()) {
     config.attention = AttentionKind::DiJiang;
-    config.dijiang = e.dijiang;
+    config.dijiang = e.conversion_options();
   }
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   const bool gpu = gpu_gib > 0 || select_backend().backend == Backend::CUDA;

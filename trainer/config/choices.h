@@ -18,10 +18,14 @@ namespace dj {
 
 // model.dijiang.sampling: how the DCT features' frequencies t are drawn (docs/method.md §3).
 enum class FeatureSampling { QMC, MC };
+// model.dijiang.projection: the projection inside the feature map softmax(x · P) (docs/method.md
+// §3): dct, P = C diag(t) (DiJiang); gaussian, P = G diag(t) / sqrt(d) with G a Gaussian matrix (the
+// ablation without the DCT); none, no feature map at all (RetNet-style retention).
+enum class FeatureProjection { DCT, Gaussian, None };
 // precision: the element type activations and weights are computed in (masters stay f32).
 enum class Precision { F64, F32, BF16 };
 // model.attention: what a training run does to the source model's attention.
-enum class TargetAttention { Keep, Softmax, DiJiang };
+enum class TargetAttention { Keep, Softmax, DiJiang, RetNet };
 // data.order: how training sequences are drawn from the token file.
 enum class DataOrder { Shuffled, Pythia };
 
@@ -32,6 +36,11 @@ template <>
 struct Choices<FeatureSampling> {
   static constexpr std::array<std::pair<FeatureSampling, std::string_view>, 2> values{
       {{FeatureSampling::QMC, "qmc"}, {FeatureSampling::MC, "mc"}}};
+};
+template <>
+struct Choices<FeatureProjection> {
+  static constexpr std::array<std::pair<FeatureProjection, std::string_view>, 3> values{
+      {{FeatureProjection::DCT, "dct"}, {FeatureProjection::Gaussian, "gaussian"}, {FeatureProjection::None, "none"}}};
 };
 template <>
 struct Choices<cpu::DecayForm> {
@@ -47,8 +56,11 @@ struct Choices<Precision> {
 };
 template <>
 struct Choices<TargetAttention> {
-  static constexpr std::array<std::pair<TargetAttention, std::string_view>, 3> values{
-      {{TargetAttention::Keep, "keep"}, {TargetAttention::Softmax, "softmax"}, {TargetAttention::DiJiang, "dijiang"}}};
+  static constexpr std::array<std::pair<TargetAttention, std::string_view>, 4> values{
+      {{TargetAttention::Keep, "keep"},
+       {TargetAttention::Softmax, "softmax"},
+       {TargetAttention::DiJiang, "dijiang"},
+       {TargetAttention::RetNet, "retnet"}}};
 };
 template <>
 struct Choices<DataOrder> {

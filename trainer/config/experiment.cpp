@@ -68,12 +68,16 @@ const std::vector<Key>& schema() {
             true),
       choice<TargetAttention>("model.attention", [](E& e) -> TargetAttention& { return e.attention; },
                               "keep the source's attention, require softmax, or convert softmax attention to DiJiang "
-                              "(docs/method.md)"),
+                              "(docs/method.md) or to RetNet-style retention (DiJiang without its feature map)"),
       dijiang_key("model.dijiang.seed", Kind::UInt, &D::seed,
                   "seeds the sampling of the feature frequencies t and the initialisation of the gate W_G"),
       choice<FeatureSampling>("model.dijiang.sampling", [](E& e) -> FeatureSampling& { return e.dijiang.sampling; },
                               "frequencies t: qmc, stratified quantiles of N(0, 1) (the paper's); mc, plain normal "
                               "draws (the reference code's)"),
+      choice<FeatureProjection>("model.dijiang.projection",
+                                [](E& e) -> FeatureProjection& { return e.dijiang.projection; },
+                                "the feature map softmax(x P): dct, P = C diag(t) (DiJiang); gaussian, a Gaussian "
+                                "matrix in place of the DCT C (the ablation); none, no feature map (as retnet)"),
       dijiang_key("model.dijiang.chunk", Kind::Int, &D::chunk, "block length of the chunkwise form, in tokens"),
       choice<cpu::DecayForm>("model.dijiang.form", [](E& e) -> cpu::DecayForm& { return e.dijiang.form; },
                              "how the decayed attention is computed (the same function): parallel (quadratic, the "
@@ -278,6 +282,8 @@ void check_values(const Experiment& e, const std::string& file) {
   positive(e.log_every, "logging.every");
   positive(e.max_bad_steps, "schedule.max_bad_steps");
   positive(e.dijiang.chunk, "model.dijiang.chunk");
+  if (e.attention == TargetAttention::RetNet && e.dijiang.projection == FeatureProjection::Gaussian)
+    fail("{}: model.attention retnet has no feature map, but model.dijiang.projection is gaussian", file);
   if (e.warmup < 0) fail("{}: 'schedule.warmup' must not be negative", file);
   if (e.global_tokens != 0 && e.global_tokens != e.tokens_per_step())
     fail("{}: batch.global_tokens {} differs from micro_batch {} x grad_accum {} x seq_len {} = {}", file,

@@ -18,8 +18,18 @@ namespace dj {
 struct Experiment {
   // model
   std::string model_source;             // Hugging Face directory or native checkpoint
-  TargetAttention attention = TargetAttention::Keep;  // keep, softmax or dijiang (converts a softmax source)
+  TargetAttention attention = TargetAttention::Keep;  // keep, softmax, dijiang or retnet (convert a softmax source)
   DiJiangOptions dijiang;
+  // Whether a softmax source is converted (model.attention dijiang or retnet), and with what: the
+  // model.dijiang options, without a feature map for retnet.
+  bool converts_attention() const {
+    return attention == TargetAttention::DiJiang || attention == TargetAttention::RetNet;
+  }
+  DiJiangOptions conversion_options() const {
+    DiJiangOptions options = dijiang;
+    if (attention == TargetAttention::RetNet) options.projection = FeatureProjection::None;
+    return options;
+  }
   // data: token files (.npy arrays or indexed-dataset prefixes, see read_token_stream)
   std::string train_tokens, valid_tokens;
   int64_t seq_len = 128;

@@ -42,7 +42,7 @@ void parse_attention(const nlohmann::json& json, const std::string& source, Mode
   c.attention = AttentionKind::DiJiang;
   const nlohmann::json options = json.value("dijiang", nlohmann::json::object());
   if (!options.is_object()) fail("{}: 'dijiang' must be an object", source);
-  static const char* const kKeys[] = {"sampling", "seed", "feature_weights", "learnable_decay",
+  static const char* const kKeys[] = {"sampling", "projection", "seed", "feature_weights", "learnable_decay",
                                       "group_norm_per_head", "chunk", "form"};
   for (const auto& item : options.items()) {
     const std::string& key = item.key();
@@ -53,6 +53,9 @@ void parse_attention(const nlohmann::json& json, const std::string& source, Mode
   o.sampling = parse_choice<FeatureSampling>(
       field<std::string>(options, "sampling", source, std::string(choice_name(o.sampling)), false), "dijiang.sampling",
       source);
+  o.projection = parse_choice<FeatureProjection>(
+      field<std::string>(options, "projection", source, std::string(choice_name(o.projection)), false),
+      "dijiang.projection", source);
   o.seed = field<uint64_t>(options, "seed", source, o.seed, false);
   o.feature_weights = field<bool>(options, "feature_weights", source, o.feature_weights, false);
   o.learnable_decay = field<bool>(options, "learnable_decay", source, o.learnable_decay, false);
@@ -81,7 +84,7 @@ int64_t ModelConfig::parameter_count() const {
                       + D * F + F + F * D + D;    // MLP
   if (is_dijiang()) {
     const int64_t d = head_dim(), H = num_heads;
-    per_layer += d * d + D * D + 2 * D + H + (dijiang.feature_weights ? H * d : 0);
+    per_layer += (has_feature_map() ? d * d : 0) + D * D + 2 * D + H + (dijiang.feature_weights ? H * d : 0);
   }
   return vocab_size * D * (tie_word_embeddings ? 1 : 2) + num_layers * per_layer + 2 * D;
 }
@@ -168,6 +171,8 @@ nlohmann::json ModelConfig::to_hf_json(const nlohmann::json& base, const std::st
                     {"group_norm_per_head", dijiang.group_norm_per_head},
                     {"chunk", dijiang.chunk},
                     {"form", choice_name(dijiang.form)}};
+    // Written only for the variants, so that a DiJiang model's config.json is what it always was.
+    if (dijiang.projection != FeatureProjection::DCT) j["dijiang"]["projection"] = choice_name(dijiang.projection);
   }
   if (!j.contains("bos_token_id")) j["bos_token_id"] = 0;
   if (!j.contains("eos_token_id")) j["eos_token_id"] = 0;

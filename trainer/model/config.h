@@ -16,6 +16,9 @@ enum class AttentionKind { Softmax, DiJiang };
 // "dijiang" beside "attention_kind": "dijiang".
 struct DiJiangOptions {
   FeatureSampling sampling = FeatureSampling::QMC;  // qmc (stratified, the paper's intent) or mc (the reference code's)
+  // dct (DiJiang), gaussian (the ablation without the DCT) or none (RetNet-style retention: q and k
+  // enter the decayed attention as they are).
+  FeatureProjection projection = FeatureProjection::DCT;
   uint64_t seed = 0;             // seeds the sampling of t and the W_G initialisation
   bool feature_weights = false;  // learned per-head weights on the features (the paper's D)
   bool learnable_decay = false;  // train log γ (frozen by default)
@@ -46,7 +49,11 @@ struct ModelConfig {
   int64_t rotary_dims() const;
   cpu::GeluKind gelu_kind() const;
   int64_t parameter_count() const;
+  // DiJiang attention or one of its variants (model.dijiang.projection): decayed linear attention,
+  // GroupNorm and gate.
   bool is_dijiang() const { return attention == AttentionKind::DiJiang; }
+  // Whether the decayed attention reads features softmax(x · P) (the layers hold proj_matrix).
+  bool has_feature_map() const { return is_dijiang() && dijiang.projection != FeatureProjection::None; }
   int64_t group_norm_groups() const { return dijiang.group_norm_per_head ? num_heads : head_dim(); }
 
   // Parses a Hugging Face GPT-NeoX config.json. Fields that change the computation and are not

@@ -18,7 +18,7 @@ SplitMix64 stream(uint64_t seed, int64_t layer, uint64_t purpose) {
   const uint64_t a = mix.next() ^ static_cast<uint64_t>(layer) * 0x9E3779B97F4A7C15ull;
   return SplitMix64(a ^ purpose * 0xD1B54A32D192ED03ull);
 }
-constexpr uint64_t kFeatureStream = 1, kGateStream = 2;
+constexpr uint64_t kFeatureStream = 1, kGateStream = 2, kProjectionStream = 3;
 
 std::string attention_prefix(int64_t layer) { return layer_prefix(layer) + "attention."; }
 
@@ -90,6 +90,23 @@ std::vector<double> reference_log_gamma(int64_t heads) {
   return log_gamma;
 }
 
+std::vector<double> feature_projection(const DiJiangOptions& options, int64_t d, int64_t layer) {
+  const std::vector<double> t = sample_feature_scales(options, d, layer);
+  std::vector<double> P(static_cast<size_t>(d * d));
+  if (options.projection == FeatureProjection::DCT) {
+    cpu::dct_projection<double>(P.data(), t.data(), d);
+  } else if (options.projection == FeatureProjection::Gaussian) {
+    // G / sqrt(d) has columns of about unit norm, as the orthonormal C has exactly.
+    SplitMix64 rng = stream(options.seed, layer, kProjectionStream);
+    const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+    for (int64_t j = 0; j < d; ++j)
+      for (int64_t k = 0; k < d; ++k) P[static_cast<size_t>(j * d + k)] = rng.normal() * scale * t[static_cast<size_t>(k)];
+  } else {
+    fail("feature_projection: a model without a feature map has no projection");
+  }
+  return P;
+}
+
 TensorPlan dijiang_tensor_plan(const ModelConfig& config, DType dtype) {
   if (!config.is_dijiang()) fail("add_dijiang_tensors needs a DiJiang config");
   const int64_t D = config.hidden_size, H = config.num_heads, d = config.head_dim();
@@ -103,12 +120,10 @@ TensorPlan dijiang_tensor_plan(const ModelConfig& config, DType dtype) {
   TensorPlan plan;
   for (int64_t l = 0; l < config.num_layers; ++l) {
     const std::string p = attention_prefix(l);
-    plan[p + "proj_matrix"] = {dtype, {d, d}, [options, d, l, dtype] {
-                                 const std::vector<double> t = sample_feature_scales(options, d, l);
-                                 std::vector<double> P(static_cast<size_t>(d * d));
-                                 cpu::dct_projection<double>(P.data(), t.data(), d);
-                                 return from_doubles(P, {d, d}, dtype);
-                               }};
+    if (config.has_feature_map())
+      plan[p + "proj_matrix"] = {dtype, {d, d}, [options, d, l, dtype] {
+                                   return from_doubles(feature_projection(options, d, l), {d, d}, dtype);
+                                 }};
     plan[p + "W_G"] = {dtype, {D, D}, [options, D, l, bound, dtype] {
                          SplitMix64 rng = stream(options.seed, l, kGateStream);
                          std::vector<double> gate(static_cast<size_t>(D * D));
@@ -183,6 +198,9 @@ void import_interchange(TensorMap& tensors, ModelConfig& config, const std::stri
 }
 
 TensorPlan export_interchange(const TensorPlan& tensors, const ModelConfig& config, DType dtype) {
+  if (!config.has_feature_map())
+    fail("the reference DiJiang layout has a feature map: a model without one (model.dijiang.projection none, "
+         "model.attention retnet) cannot be exported with --format hf (keep the native checkpoint)");
   if (config.dijiang.feature_weights)
     fail("the reference DiJiang layout has no learned feature weights: this model cannot be exported "
          "with --format hf (keep the native checkpoint)");

@@ -3,7 +3,8 @@
 // for the reference modeling code (section 5).
 //
 // Native names, per layer under gpt_neox.layers.{i}.attention.:
-//   proj_matrix [d, d] (fixed)  W_G [D, D]  group_norm.{weight,bias} [D]  log_gamma [H]
+//   proj_matrix [d, d] (fixed; absent without a feature map)  W_G [D, D]  group_norm.{weight,bias} [D]
+//   log_gamma [H]
 //   feature_weights [H, d] (only with learned feature weights)
 // Interchange names replace log_gamma by the reference code's position tables D1, D2
 // [1, H, L, 1] (γ^i and γ^(−i), L = max_position_embeddings, F32).
@@ -25,6 +26,11 @@ double inverse_normal_cdf(double u);
 // u_i = (π(i) + 0.5) / d with π a permutation seeded by (seed, layer); mc draws u_i ~ U(0, 1)
 // (u = 0 gives t = 0, as the reference code does). Deterministic for a seed on every platform.
 std::vector<double> sample_feature_scales(const DiJiangOptions& options, int64_t d, int64_t layer);
+
+// One layer's projection P (d x d, row-major; x · P gives the features before their softmax):
+// C · diag(t) for projection dct, G · diag(t) / sqrt(d) for gaussian, G a matrix of standard normal
+// draws seeded by (seed, layer). The t are those of sample_feature_scales. Fails for projection none.
+std::vector<double> feature_projection(const DiJiangOptions& options, int64_t d, int64_t layer);
 
 // log γ_h for γ_h = 1 − exp(ℓ_h), ℓ = linspace(log(1/32), log(1/512), H) (ℓ = log(1/32) when H = 1).
 std::vector<double> reference_log_gamma(int64_t heads);

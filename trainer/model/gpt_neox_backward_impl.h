@@ -122,14 +122,24 @@ void GPTNeoXModel<Ops>::dijiang_core_backward(int64_t l, Act* dln) {
                                 pm(pre + "attention.group_norm.weight"), pm(pre + "attention.group_norm.bias"),
                                 a.gn_mean.data(), a.gn_rstd.data(), N, D, config_.group_norm_groups());
   ops_.split_heads(s.dattn.data(), dmerged, B, S, H, d);
-  const Act* fq = o.feature_weights ? a.fq.data() : a.sq.data();
-  const Act* fk = o.feature_weights ? a.fk.data() : a.sk.data();
+  const bool feature_map = config_.has_feature_map();
+  const Act* sq = feature_map ? a.sq.data() : a.q.data();
+  const Act* sk = feature_map ? a.sk.data() : a.k.data();
+  const Act* fq = o.feature_weights ? a.fq.data() : sq;
+  const Act* fk = o.feature_weights ? a.fk.data() : sk;
   ops_.decay_attention_backward(s.dq.data(), s.dk.data(), s.dv.data(),
                                 o.learnable_decay ? g(pre + "attention.log_gamma") : nullptr, s.dattn.data(), fq, fk,
                                 a.v.data(), pm(pre + "attention.log_gamma"), B * H, H, S, d, d, form_, o.chunk);
-  // d(features) -> d(softmax outputs) -> d(rotated q, k), each through dfeature.
-  const Param* P = pm(pre + "attention.proj_matrix");
-  for (auto [dx, softmax_out] : {std::pair{s.dq.data(), a.sq.data()}, std::pair{s.dk.data(), a.sk.data()}}) {
+  // d(features) -> d(softmax outputs) -> d(rotated q, k), each through dfeature. Without a feature
+  // map the features are q and k (times the weights): d(features) is d(q), d(k) already.
+  const Param* P = feature_map ? pm(pre + "attention.proj_matrix") : nullptr;
+  for (auto [dx, softmax_out] : {std::pair{s.dq.data(), sq}, std::pair{s.dk.data(), sk}}) {
+    if (!feature_map) {
+      if (o.feature_weights)  // in place: ds may alias dphi
+        ops_.feature_weights_backward(dx, g(pre + "attention.feature_weights"), dx, softmax_out,
+                                      pm(pre + "attention.feature_weights"), B * H, H, S, d);
+      continue;
+    }
     if (o.feature_weights)
       ops_.feature_weights_backward(s.dfeature.data(), g(pre + "attention.feature_weights"), dx, softmax_out,
                                     pm(pre + "attention.feature_weights"), B * H, H, S, d);

@@ -255,7 +255,8 @@ void GPTNeoXModel<Ops>::allocate_layer(LayerActivations& l, int64_t N, bool for_
   l.ln2_mean = stat(N);
   l.ln2_rstd = stat(N);
   l.lse = stat(dijiang ? 0 : N * H);
-  for (auto* a : {&l.sq, &l.sk, &l.gate_pre, &l.gated}) *a = act(dijiang ? N * D : 0);
+  for (auto* a : {&l.sq, &l.sk}) *a = act(config_.has_feature_map() ? N * D : 0);
+  for (auto* a : {&l.gate_pre, &l.gated}) *a = act(dijiang ? N * D : 0);
   for (auto* a : {&l.fq, &l.fk}) *a = act(weights ? N * D : 0);
   l.gn_mean = stat(N * groups);
   l.gn_rstd = stat(N * groups);
@@ -456,23 +457,30 @@ void GPTNeoXModel<Ops>::attention_forward(Activations& s, LayerActivations& a, i
                       bias ? p(pre + "attention.dense.bias") : nullptr, N, D, D);
 }
 
-// φ(q), φ(k) = softmax(q·P), softmax(k·P) [⊙ w]; o = decayed linear attention; then
-// gated = silu(a · W_G) ⊙ GroupNorm(o) feeds the dense projection (docs/method.md, section 2).
+// φ(q), φ(k) = softmax(q·P), softmax(k·P) [⊙ w] (or q, k [⊙ w] without a feature map, the
+// RetNet-style variant); o = decayed linear attention; then gated = silu(a · W_G) ⊙ GroupNorm(o)
+// feeds the dense projection (docs/method.md, sections 2 and 7).
 template <class Ops>
 void GPTNeoXModel<Ops>::dijiang_core_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out) {
   const std::string pre = layer_prefix(l);
   const int64_t B = s.batch, S = s.seq, N = B * S, D = config_.hidden_size, H = config_.num_heads;
   const int64_t d = config_.head_dim();
   const DiJiangOptions& o = config_.dijiang;
-  const Param* P = pm(pre + "attention.proj_matrix");
-  ops_.feature_map_forward(a.sq.data(), a.q.data(), P, N * H, d);
-  ops_.feature_map_forward(a.sk.data(), a.k.data(), P, N * H, d);
-  const Act* fq = a.sq.data();
-  const Act* fk = a.sk.data();
+  const Act* sq = a.q.data();
+  const Act* sk = a.k.data();
+  if (config_.has_feature_map()) {
+    const Param* P = pm(pre + "attention.proj_matrix");
+    ops_.feature_map_forward(a.sq.data(), a.q.data(), P, N * H, d);
+    ops_.feature_map_forward(a.sk.data(), a.k.data(), P, N * H, d);
+    sq = a.sq.data();
+    sk = a.sk.data();
+  }
+  const Act* fq = sq;
+  const Act* fk = sk;
   if (o.feature_weights) {
     const Param* w = pm(pre + "attention.feature_weights");
-    ops_.feature_weights_forward(a.fq.data(), a.sq.data(), w, B * H, H, S, d);
-    ops_.feature_weights_forward(a.fk.data(), a.sk.data(), w, B * H, H, S, d);
+    ops_.feature_weights_forward(a.fq.data(), sq, w, B * H, H, S, d);
+    ops_.feature_weights_forward(a.fk.data(), sk, w, B * H, H, S, d);
     fq = a.fq.data();
     fk = a.fk.data();
   }

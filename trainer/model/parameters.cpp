@@ -128,7 +128,7 @@ ParameterLayout ParameterLayout::gpt_neox(const ModelConfig& c) {
     if (c.attention_bias) layout.add(p + "attention.dense.bias", {D});
     if (c.is_dijiang()) {
       const int64_t d = c.head_dim(), H = c.num_heads;
-      layout.add(p + "attention.proj_matrix", {d, d}, false);
+      if (c.has_feature_map()) layout.add(p + "attention.proj_matrix", {d, d}, false);
       layout.add(p + "attention.W_G", {D, D});
       layout.add(p + "attention.group_norm.weight", {D});
       layout.add(p + "attention.group_norm.bias", {D});

@@ -24,7 +24,7 @@ int64_t layer_bytes(const ModelConfig& c, int64_t N, int64_t act, bool training)
   const bool dijiang = c.is_dijiang(), weights = dijiang && c.dijiang.feature_weights;
   int64_t values = (training ? 8 : 7) * D + 2 * F;  // input (training), ln1, q, k, v, attn, merged, ln2; gelu in/out
   if (!c.use_parallel_residual) values += D;        // mid
-  if (dijiang) values += 4 * D + (weights ? 2 * D : 0);
+  if (dijiang) values += (c.has_feature_map() ? 4 : 2) * D + (weights ? 2 * D : 0);
   int64_t stats = 4 + (dijiang ? 2 * c.group_norm_groups() : H);
   return N * (values * act + stats * kFloat);
 }

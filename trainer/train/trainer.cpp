@@ -172,7 +172,7 @@ class Run {
     const int64_t largest = (global + world_ - 1) / world_;
     const int64_t micro_batches = std::max<int64_t>(1, (largest + e_.micro_batch - 1) / e_.micro_batch);
     spdlog::info("model: {} layers, hidden {}, {} attention, {:.2f}M parameters ({:.2f}M trained)", c.num_layers,
-                 c.hidden_size, c.is_dijiang() ? "DiJiang" : "softmax", static_cast<double>(c.parameter_count()) / 1e6,
+                 c.hidden_size, !c.is_dijiang() ? "softmax" : c.has_feature_map() ? "DiJiang" : "RetNet-style", static_cast<double>(c.parameter_count()) / 1e6,
                  static_cast<double>(trained_values_) / 1e6);
     spdlog::info("data: {} samples of {} tokens; {} sequences ({} tokens) per step; steps {} -> {}",
                  batches_->samples(), T, global, e_.tokens_per_step(), step_, e_.steps);
@@ -293,11 +293,17 @@ class Run {
   void prepare_attention(Source& source) {
     if (e_.attention == TargetAttention::Softmax && source.config.is_dijiang())
       fail("model.attention is softmax but {} has DiJiang attention", source.path.string());
-    if (e_.attention == TargetAttention::DiJiang && !source.config.is_dijiang()) {
-      convert_to_dijiang(source, e_.dijiang);
+    if (e_.converts_attention() && !source.config.is_dijiang()) {
+      const DiJiangOptions options = e_.conversion_options();
+      convert_to_dijiang(source, options);
       if (rank_ == 0)
-        spdlog::info("converted {} to DiJiang attention (sampling {}, seed {})", source.path.string(),
-                     choice_name(e_.dijiang.sampling), e_.dijiang.seed);
+        spdlog::info("converted {} to {} attention (projection {}, sampling {}, seed {})", source.path.string(),
+                     choice_name(e_.attention), choice_name(options.projection), choice_name(options.sampling),
+                     options.seed);
+    } else if (e_.converts_attention() &&
+               (source.config.dijiang.projection == FeatureProjection::None) != (e_.attention == TargetAttention::RetNet)) {
+      fail("model.attention is {} but {} has {} attention", choice_name(e_.attention), source.path.string(),
+           source.config.has_feature_map() ? "DiJiang (a feature map)" : "RetNet-style (no feature map)");
     }
   }
 
