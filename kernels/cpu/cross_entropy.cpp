@@ -56,9 +56,30 @@ CrossEntropyResult softmax_cross_entropy(T* logits, const int32_t* targets, int6
   return result;
 }
 
+template <typename T>
+double squared_error(T* grad, const T* a, const T* b, int64_t n, T grad_scale) {
+  const int64_t blocks = (n + kSquaredErrorBlock - 1) / kSquaredErrorBlock;
+  std::vector<double> partial(static_cast<size_t>(std::max<int64_t>(blocks, 0)), 0.0);
+#pragma omp parallel for schedule(static) if (blocks > 1)
+  for (int64_t k = 0; k < blocks; ++k) {
+    const int64_t end = std::min(n, (k + 1) * kSquaredErrorBlock);
+    double sum = 0.0;
+    for (int64_t i = k * kSquaredErrorBlock; i < end; ++i) {
+      const T diff = a[i] - b[i];
+      sum += static_cast<double>(diff) * static_cast<double>(diff);
+      if (grad != nullptr) grad[i] = grad_scale * diff;
+    }
+    partial[static_cast<size_t>(k)] = sum;
+  }
+  double total = 0.0;
+  for (const double s : partial) total += s;
+  return total;
+}
+
 #define DJ_INSTANTIATE(T)                                                                          \
   template CrossEntropyResult softmax_cross_entropy<T>(T*, const int32_t*, int64_t, int64_t, bool, \
-                                                       T);
+                                                       T);                                          \
+  template double squared_error<T>(T*, const T*, const T*, int64_t, T);
 DJ_INSTANTIATE(float)
 DJ_INSTANTIATE(double)
 #undef DJ_INSTANTIATE

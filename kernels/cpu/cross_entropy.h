@@ -16,4 +16,11 @@ template <typename T>
 CrossEntropyResult softmax_cross_entropy(T* logits, const int32_t* targets, int64_t rows,
                                          int64_t vocab, bool write_gradient, T grad_scale);
 
+// The attention-transfer loss: Σ (a − b)² over n values, each difference taken in T and squared
+// and summed in double (in fixed blocks of kSquaredErrorBlock values, whatever the thread count).
+// With grad non-null, grad = grad_scale · (a − b) (grad may alias a or b).
+inline constexpr int64_t kSquaredErrorBlock = 8192;
+template <typename T>
+double squared_error(T* grad, const T* a, const T* b, int64_t n, T grad_scale);
+
 }  // namespace dj::cpu

@@ -196,7 +196,53 @@ void launch_rows(T* logits, const int32_t* targets, int64_t rows, int64_t vocab,
          kThreads, 0, stream, logits, targets, vocab, grad_scale, row_loss);
 }
 
+constexpr int kSquaredErrorThreads = 256;
+constexpr int64_t kSquaredErrorBlock = 4096;
+
+template <typename T>
+__global__ void __launch_bounds__(kSquaredErrorThreads)
+    squared_error_partials_kernel(double* partials, T* grad, const T* a, const T* b, int64_t n, float grad_scale) {
+  __shared__ double scratch[32];
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kSquaredErrorBlock;
+  const int64_t end = begin + kSquaredErrorBlock < n ? begin + kSquaredErrorBlock : n;
+  double sum = 0.0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kSquaredErrorThreads) {
+    const float diff = __fsub_rn(detail::to_f32(a[i]), detail::to_f32(b[i]));
+    sum += static_cast<double>(diff) * static_cast<double>(diff);  // exact in double
+    if (grad != nullptr) grad[i] = detail::from_f32<T>(__fmul_rn(grad_scale, diff));
+  }
+  sum = detail::block_sum(sum, scratch);
+  if (threadIdx.x == 0) partials[blockIdx.x] = sum;
+}
+
+__global__ void __launch_bounds__(1024) squared_error_finish_kernel(double* result, const double* partials,
+                                                                    int64_t count) {
+  __shared__ double scratch[32];
+  double sum = 0.0;
+  for (int64_t k = threadIdx.x; k < count; k += blockDim.x) sum += partials[k];
+  sum = detail::block_sum(sum, scratch);
+  if (threadIdx.x == 0) *result = sum;
+}
+
 }  // namespace
+
+template <typename T>
+void squared_error_async(T* grad, const T* a, const T* b, int64_t n, float grad_scale, double* result,
+                         cudaStream_t stream) {
+  if (n <= 0) {
+    DJ_CUDA_CHECK(cudaMemsetAsync(result, 0, sizeof(double), stream));
+    return;
+  }
+  const int64_t blocks = (n + kSquaredErrorBlock - 1) / kSquaredErrorBlock;
+  if (blocks > 0x7fffffff) throw std::invalid_argument("squared_error: too many values");
+  double* partials = nullptr;
+  DJ_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&partials), static_cast<size_t>(blocks) * sizeof(double),
+                                stream));
+  launch("squared_error_partials_kernel", squared_error_partials_kernel<T>, static_cast<unsigned>(blocks),
+         kSquaredErrorThreads, 0, stream, partials, grad, a, b, n, grad_scale);
+  launch("squared_error_finish_kernel", squared_error_finish_kernel, 1, 1024, 0, stream, result, partials, blocks);
+  DJ_CUDA_CHECK(cudaFreeAsync(partials, stream));
+}
 
 template <typename T>
 void softmax_cross_entropy_async(T* logits, const int32_t* targets, int64_t rows, int64_t vocab,
@@ -254,7 +300,8 @@ CrossEntropyResult softmax_cross_entropy(T* logits, const int32_t* targets, int6
                                                float, double*, CrossEntropyTotals*,             \
                                                cudaStream_t);                                   \
   template CrossEntropyResult softmax_cross_entropy<T>(T*, const int32_t*, int64_t, int64_t,    \
-                                                       bool, float, cudaStream_t);
+                                                       bool, float, cudaStream_t);      \
+  template void squared_error_async<T>(T*, const T*, const T*, int64_t, float, double*, cudaStream_t);
 DJ_INSTANTIATE(float)
 DJ_INSTANTIATE(bf16)
 #undef DJ_INSTANTIATE

@@ -220,6 +220,14 @@ CrossEntropyResult softmax_cross_entropy(T* logits, const int32_t* targets, int6
                                          int64_t vocab, bool write_gradient, float grad_scale,
                                          cudaStream_t stream);
 
+// The attention-transfer loss, as dj::cpu::squared_error: Σ (a − b)² over n values (each difference
+// in fp32, squared and summed in fp64 over fixed blocks of 4096 values, then the block sums in
+// order by one block) into *result (device); with grad non-null, grad = grad_scale · (a − b) (may
+// alias a or b). Nothing is synchronised.
+template <typename T>
+void squared_error_async(T* grad, const T* a, const T* b, int64_t n, float grad_scale, double* result,
+                         cudaStream_t stream);
+
 // ---------------------------------------------------------------------------------------------
 // AdamW on flat fp32 buffers, as dj::adamw_step (trainer/optim/adamw.h)
 // ---------------------------------------------------------------------------------------------

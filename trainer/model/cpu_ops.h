@@ -217,6 +217,11 @@ class CpuOps {
     const auto r = cpu::softmax_cross_entropy<T>(logits, targets, rows, vocab, write_gradient, static_cast<T>(grad_scale));
     return {r.loss_sum, r.count};
   }
+  // Σ (a − b)² over n values (summed in double); with grad non-null, grad = grad_scale · (a − b)
+  // (grad may alias a or b): the attention-transfer loss and its gradient.
+  double squared_error(Act* grad, const Act* a, const Act* b, int64_t n, double grad_scale) {
+    return cpu::squared_error<T>(grad, a, b, n, static_cast<T>(grad_scale));
+  }
 
   // ---- optimizer ops (fp32 buffers) ----------------------------------------------------------------
   void adamw_step(float* params, float* m, float* v, const float* grads, const uint8_t* decay, const uint8_t* update,

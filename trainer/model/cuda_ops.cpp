@@ -352,6 +352,16 @@ void CudaOps<T>::adamw_step(float* params, float* m, float* v, const float* grad
 }
 
 template <typename T>
+double CudaOps<T>::squared_error(T* grad, const T* a, const T* b, int64_t n, double grad_scale) {
+  Resources& r = *resources_;
+  if (r.sum.size() == 0) r.sum = cuda::DeviceArray<double>(1);
+  cuda::squared_error_async<T>(grad, a, b, n, static_cast<float>(grad_scale), r.sum.get(), stream_);
+  double sum = 0.0;
+  download(&sum, r.sum.get(), 1);
+  return sum;
+}
+
+template <typename T>
 double CudaOps<T>::sum_of_squares(const float* grads, int64_t n) {
   Resources& r = *resources_;
   if (r.sum.size() == 0) r.sum = cuda::DeviceArray<double>(1);

@@ -112,6 +112,17 @@ class GPTNeoXModel {
   void backward();
   const Array<Act>& logits() const { return acts_.logits; }
 
+  // Attention transfer (docs/training.md, "Stages"), for a model with converted attention: every
+  // layer computes the teacher's softmax attention and the model's own (DiJiang) attention from the
+  // same LayerNorm output, with the layer's query_key_value and dense weights, and the residual
+  // stream carries the teacher's output, so each layer sees the inputs the softmax model gives it.
+  // Returns the sum over layers of the mean squared difference of the two attention outputs
+  // ([batch·seq, hidden] each, after the dense projection) and accumulates (+=) the gradient of
+  // gradient_weight × that sum into the gradients: forward and backward in one pass, a layer at a
+  // time. Only the layers' attention tensors get gradients (query_key_value's and dense's through
+  // the student alone); the loss does not depend on the rest.
+  double transfer(const int32_t* ids, int64_t batch, int64_t seq, double gradient_weight = 1.0);
+
   // Evaluation: the loss sum of ids [batch, seq] without keeping anything for a backward pass:
   // one layer's activations at a time, and the logits of at most `rows_per_block` rows.
   static constexpr int64_t kEvalLogitRows = 256;
@@ -167,6 +178,9 @@ class GPTNeoXModel {
     // Scratch shared by the layers: fused qkv (and its gradient), per-head gradients, [N, D]
     // and [N, F] temporaries, and the two residual-gradient buffers of the backward.
     Array<Act> qkv, dq, dk, dv, dattn, dfeature, nd_a, nd_b, nd_c, nd_d, nf, dres_a, dres_b;
+    // Attention transfer: the teacher's attention output [N, D] and its log-sum-exps [B, H, S].
+    Array<Act> teacher;
+    Array<Stat> teacher_lse;
   };
 
   // Parameter views: as the products read them (Act), the masters (Param), and gradients.
@@ -188,6 +202,7 @@ class GPTNeoXModel {
   void allocate_scratch(Activations& a, int64_t N);
   void trunk_forward(Activations& a, bool keep_layers);
   void layer_forward(Activations& s, LayerActivations& a, int64_t l, const Act* x, Act* out);
+  void project_qkv(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out);
   void attention_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out, Act* attn_out);
   void dijiang_core_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out);
   void decode_pass(Activations& a, DecodeState& state, const int32_t* ids, int64_t n, std::vector<double>* logits);

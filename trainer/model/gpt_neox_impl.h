@@ -394,6 +394,72 @@ LossSum GPTNeoXModel<Ops>::evaluate(const int32_t* ids, int64_t batch, int64_t s
 }
 
 template <class Ops>
+double GPTNeoXModel<Ops>::transfer(const int32_t* ids, int64_t batch, int64_t seq, double gradient_weight) {
+  if (!config_.is_dijiang())
+    fail("attention transfer trains converted attention, but the model has softmax attention");
+  Activations& a = acts_;
+  prepare(a, ids, batch, seq, true, batch * seq);
+  a.logits_state = LogitsState::Consumed;  // no logits: backward() has nothing to start from
+  const int64_t B = batch, S = seq, N = B * S, D = config_.hidden_size, V = config_.vocab_size;
+  const int64_t H = config_.num_heads, d = config_.head_dim(), L = config_.num_layers;
+  const bool bias = config_.attention_bias;
+  if (static_cast<int64_t>(a.teacher.size()) != N * D) {
+    a.teacher = Ops::template allocate<Act>(N * D);
+    a.teacher_lse = Ops::template allocate<Stat>(N * H);
+  }
+  if (L == 0) return 0.0;
+  hold_parameters(0, 1);
+  ops_.embedding_forward(a.layers[0].input.data(), a.ids.data(), p("gpt_neox.embed_in.weight"), N, V, D);
+  drop_parameters(0);
+  const double values = static_cast<double>(N * D);
+  const double grad_scale = 2.0 * gradient_weight / values;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+  double total = 0.0;
+  for (int64_t l = 0; l < L; ++l) {
+    const std::string pre = layer_prefix(l);
+    LayerActivations& la = a.layers[static_cast<size_t>(l)];
+    const Act* x = la.input.data();
+    hold_parameters(l + 1, l + 1 < L ? l + 2 : -1);
+    ops_.layernorm_forward(la.ln1.data(), la.ln1_mean.data(), la.ln1_rstd.data(), x, p(pre + "input_layernorm.weight"),
+                           p(pre + "input_layernorm.bias"), N, D, config_.layer_norm_eps);
+    project_qkv(a, la, l, la.ln1.data());
+    // The teacher: softmax attention of the same q, k, v, through the same dense projection.
+    ops_.causal_attention_forward(a.dattn.data(), a.teacher_lse.data(), la.q.data(), la.k.data(), la.v.data(), B * H,
+                                  S, d, scale);
+    ops_.merge_heads(a.nd_c.data(), a.dattn.data(), B, S, H, d);
+    ops_.linear_forward(a.teacher.data(), a.nd_c.data(), p(pre + "attention.dense.weight"),
+                        bias ? p(pre + "attention.dense.bias") : nullptr, N, D, D);
+    // The residual stream carries the teacher's attention into the next layer.
+    if (l + 1 < L) {
+      Act* out = a.layers[static_cast<size_t>(l + 1)].input.data();
+      const Act* mlp_in = x;
+      if (!config_.use_parallel_residual) {
+        ops_.add(la.mid.data(), x, a.teacher.data(), N * D);
+        mlp_in = la.mid.data();
+      }
+      ops_.layernorm_forward(la.ln2.data(), la.ln2_mean.data(), la.ln2_rstd.data(), mlp_in,
+                             p(pre + "post_attention_layernorm.weight"), p(pre + "post_attention_layernorm.bias"), N,
+                             D, config_.layer_norm_eps);
+      mlp_forward(a, la, l, la.ln2.data(), a.nd_b.data());
+      if (config_.use_parallel_residual)
+        ops_.add3(out, x, a.nd_b.data(), a.teacher.data(), N * D);
+      else
+        ops_.add(out, la.mid.data(), a.nd_b.data(), N * D);
+    }
+    // The student: DiJiang's attention of the same LayerNorm output, then its loss and backward.
+    dijiang_core_forward(a, la, l, la.ln1.data());
+    ops_.linear_forward(a.nd_a.data(), la.gated.data(), p(pre + "attention.dense.weight"),
+                        bias ? p(pre + "attention.dense.bias") : nullptr, N, D, D);
+    total += ops_.squared_error(a.nd_a.data(), a.nd_a.data(), a.teacher.data(), N * D, grad_scale) / values;
+    hold_gradients(l + 1);
+    attention_backward(l, a.nd_a.data(), a.dres_a.data());
+    drop_gradients(l + 1);
+    drop_parameters(l + 1);
+  }
+  return total;
+}
+
+template <class Ops>
 void GPTNeoXModel<Ops>::layer_forward(Activations& s, LayerActivations& a, int64_t l, const Act* x, Act* out) {
   const std::string pre = layer_prefix(l);
   const int64_t N = s.batch * s.seq, D = config_.hidden_size;
@@ -418,9 +484,9 @@ void GPTNeoXModel<Ops>::layer_forward(Activations& s, LayerActivations& a, int64
     ops_.add(out, a.mid.data(), mlp_out, N * D);
 }
 
+// q, k, v [B, H, S, d] of the layer's LayerNorm output, q and k rotated.
 template <class Ops>
-void GPTNeoXModel<Ops>::attention_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out,
-                                          Act* attn_out) {
+void GPTNeoXModel<Ops>::project_qkv(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out) {
   const std::string pre = layer_prefix(l);
   const int64_t B = s.batch, S = s.seq, N = B * S, D = config_.hidden_size;
   const int64_t H = config_.num_heads, d = config_.head_dim(), r = config_.rotary_dims();
@@ -428,10 +494,21 @@ void GPTNeoXModel<Ops>::attention_forward(Activations& s, LayerActivations& a, i
   ops_.linear_forward(s.qkv.data(), ln_out, p(pre + "attention.query_key_value.weight"),
                       bias ? p(pre + "attention.query_key_value.bias") : nullptr, N, D, 3 * D);
   ops_.split_qkv(a.q.data(), a.k.data(), a.v.data(), s.qkv.data(), B, S, H, d);
-  DecodeState* const dec = s.decoding;
-  const int64_t pos = dec != nullptr ? dec->position : 0;
+  const int64_t pos = s.decoding != nullptr ? s.decoding->position : 0;
   ops_.rotary_forward(a.q.data(), B * H, S, d, r, config_.rotary_emb_base, pos);
   ops_.rotary_forward(a.k.data(), B * H, S, d, r, config_.rotary_emb_base, pos);
+}
+
+template <class Ops>
+void GPTNeoXModel<Ops>::attention_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out,
+                                          Act* attn_out) {
+  const std::string pre = layer_prefix(l);
+  const int64_t B = s.batch, S = s.seq, N = B * S, D = config_.hidden_size;
+  const int64_t H = config_.num_heads, d = config_.head_dim();
+  const bool bias = config_.attention_bias;
+  project_qkv(s, a, l, ln_out);
+  DecodeState* const dec = s.decoding;
+  const int64_t pos = dec != nullptr ? dec->position : 0;
   const Act* dense_input = a.merged.data();
   if (config_.is_dijiang()) {
     dijiang_core_forward(s, a, l, ln_out);
