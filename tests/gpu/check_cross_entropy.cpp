@@ -45,7 +45,41 @@ void check_cross_entropy(Context& ctx, int64_t rows, int64_t vocab, bool write_g
     ctx.expect("cross_entropy leaves logits " + shape, bits_equal(after, logits));
 }
 
+// ---- the attention-transfer loss ---------------------------------------------------------------
+
+template <typename T>
+void check_squared_error(Context& ctx, int64_t n, bool in_place) {
+  const std::string shape = format("%s n=%lld%s", type_name<T>(), static_cast<long long>(n), in_place ? " in place" : "");
+  const size_t count = static_cast<size_t>(n);
+  const auto a = inputs<T>(ctx, count);
+  const auto b = inputs<T>(ctx, count);
+  const float grad_scale = 2.0f / static_cast<float>(std::max<int64_t>(n, 1));
+  std::vector<float> ref(count);
+  const double expected = cpu::squared_error<float>(ref.data(), a.data(), b.data(), n, grad_scale);
+  auto da = upload<T>(a);
+  auto db = upload<T>(b);
+  DeviceBuffer<T> grad(count);
+  ctx.poison(grad);
+  DeviceBuffer<double> sum(1);
+  dc::squared_error_async<T>(in_place ? da.get() : grad.get(), da.get(), db.get(), n, grad_scale, sum.get(), ctx.stream);
+  ctx.sync("squared_error_async");
+  const std::vector<double> got = sum.download();
+  ctx.compare("squared_error sum " + shape, std::vector<double>{got.at(0)}, std::vector<double>{expected}, 1e-12);
+  const auto written = download(in_place ? da : grad);
+  // Each gradient is one rounded product of the same fp32 difference on both sides.
+  ctx.expect("squared_error gradient " + shape, bits_equal(written, representable<T>(ref)));
+}
+
 }  // namespace
+
+DJ_GPU_CHECK(ops_squared_error) {
+  for (const bool in_place : {false, true}) {
+    check_squared_error<float>(ctx, 1, in_place);
+    check_squared_error<bf16>(ctx, 4097, in_place);
+    check_squared_error<float>(ctx, kEmulated ? 100003 : 4000037, in_place);
+    check_squared_error<bf16>(ctx, kEmulated ? 100003 : 4000037, in_place);
+  }
+}
 
 DJ_GPU_CHECK(ops_cross_entropy) {
   for (const bool grad : {true, false}) {
