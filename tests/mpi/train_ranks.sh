@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Data parallelism is invisible in the numbers: for each ZeRO stage, 10 steps on NP ranks give the
 # losses and final weights of the single-process run with the same global batch (12 sequences;
-# with 4 ranks also 10 sequences, slices of 2 and 3 with padding passes). The tiny DiJiang model
-# has 237,064 parameters, which 3 does not divide (slices of 79,021 and 79,022).
+# with 4 ranks also 10 sequences, slices of 2 and 3 with padding passes). Stages 0 and 3 also run
+# an attention-transfer stage before the fine-tuning. The tiny DiJiang model has 237,064
+# parameters, which 3 does not divide (slices of 79,021 and 79,022).
 # Usage: train_ranks.sh DIJIANG MPIEXEC COMPARE_RUNS SOURCE_DIR NP
 set -euo pipefail
 DIJIANG="$1" MPIEXEC="$2" COMPARE="$3" SOURCE_DIR="$4" NP="$5"
@@ -46,4 +47,16 @@ if [ "$NP" -eq 4 ]; then
     "$COMPARE" "$WORK/uneven-zero$stage" "$WORK/single10" "$TOLERANCE"
   done
 fi
-echo "ok: $NP ranks, ZeRO stages 0-3 match one process"
+# Two stages (attention transfer, then the language model): the transfer's layer-by-layer pass
+# acquires parameters and gradients in another order than a training step.
+staged=(configs/micro/tiny-dijiang-transfer.yaml data.seq_len=32 stages.0.steps=5 stages.1.steps=5
+        checkpoint.every=10 logging.every=10 batch.micro_batch=2 batch.grad_accum=6)
+"$DIJIANG" train "${staged[@]}" "checkpoint.dir=$WORK/staged-single" >"$WORK/staged-single.log" 2>&1 \
+  || { cat "$WORK/staged-single.log"; exit 1; }
+for stage in 0 3; do
+  "$MPIEXEC" --oversubscribe --allow-run-as-root -np "$NP" "$DIJIANG" train "${staged[@]}" \
+    "checkpoint.dir=$WORK/staged-zero$stage" distributed.zero_stage="$stage" >"$WORK/staged-zero$stage.log" 2>&1 \
+    || { cat "$WORK/staged-zero$stage.log"; exit 1; }
+  "$COMPARE" "$WORK/staged-zero$stage" "$WORK/staged-single" "$TOLERANCE"
+done
+echo "ok: $NP ranks, ZeRO stages 0-3 match one process, with and without an attention-transfer stage"

@@ -44,14 +44,6 @@ std::vector<int32_t> token_ids(int64_t n, int32_t vocab) {
   return ids;
 }
 
-// The tensors the conversion added, which the teacher's attention does not read.
-bool added_by_conversion(const std::string& name) {
-  for (const char* suffix : {"attention.W_G", "attention.group_norm.weight", "attention.group_norm.bias",
-                             "attention.log_gamma", "attention.feature_weights"})
-    if (name.ends_with(suffix)) return true;
-  return false;
-}
-
 TEST(AttentionTransfer, GradientOfTheAddedTensorsMatchesFiniteDifferences) {
   for (const bool parallel : {true, false}) {
     SCOPED_TRACE(parallel ? "parallel residual" : "sequential residual");

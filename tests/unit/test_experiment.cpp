@@ -163,15 +163,102 @@ TEST(Experiment, KeysDescribeThemselves) {
       EXPECT_TRUE(next.starts_with("    ") && next.size() > 12) << "no help under " << line;
     }
   }
-  EXPECT_EQ(keys, 37);
+  EXPECT_EQ(keys, 44);  // 37 keys and 7 of each stage
   for (const char* expected :
        {"model.source                       string, required", "model.dijiang.form                 parallel | chunkwise | "
                                                                "recurrent, default chunkwise",
         "precision                          f32 | bf16, default f32", "optimizer.lr                       number, default 0.001",
         "optimizer.freeze                   list of strings, default []", "seed                               "
                                                                           "non-negative integer, default 1234",
-        "data.valid                         string, default \"\""})
+        "data.valid                         string, default \"\"",
+        "stages[].loss                      lm | attention_transfer, default lm",
+        "stages[].steps                     integer, required"})
     EXPECT_NE(help.find(expected), std::string::npos) << expected << " in\n" << help;
+}
+
+const std::string kStaged = kGood.substr(0, kGood.find("schedule:")) +
+                            "schedule: {warmup: 4}\n"
+                            "stages:\n"
+                            "  - {name: transfer, loss: attention_transfer, steps: 20, lr: 1.0e-3}\n"
+                            "  - name: finetune\n"
+                            "    steps: 30\n"
+                            "    warmup: 2\n";
+
+TEST(Experiment, StagesTakeTheirDefaultsAndRunInOrder) {
+  const Experiment e = load_experiment(write_yaml("staged.yaml", kStaged), {"stages.1.min_lr=1e-6"});
+  ASSERT_TRUE(e.explicit_stages);
+  ASSERT_EQ(e.stages.size(), 2u);
+  const Stage &transfer = e.stages[0], &finetune = e.stages[1];
+  EXPECT_EQ(transfer.name, "transfer");
+  EXPECT_EQ(transfer.loss, StageLoss::AttentionTransfer);
+  EXPECT_EQ(transfer.train, StageTrains::Added);  // the default of a transfer stage
+  EXPECT_EQ(transfer.steps, 20);
+  EXPECT_EQ(transfer.warmup, 4);                  // schedule.warmup
+  EXPECT_DOUBLE_EQ(transfer.lr, 1e-3);
+  EXPECT_DOUBLE_EQ(transfer.min_lr, 3e-5);        // optimizer.min_lr
+  EXPECT_EQ(finetune.loss, StageLoss::LanguageModel);
+  EXPECT_EQ(finetune.train, StageTrains::All);
+  EXPECT_EQ(finetune.begin, 20);
+  EXPECT_EQ(finetune.warmup, 2);
+  EXPECT_DOUBLE_EQ(finetune.lr, 3e-4);
+  EXPECT_DOUBLE_EQ(finetune.min_lr, 1e-6);        // the override
+  EXPECT_EQ(e.steps, 50);
+  EXPECT_EQ(e.stage_index(0), 0u);
+  EXPECT_EQ(e.stage_index(19), 0u);
+  EXPECT_EQ(e.stage_index(20), 1u);
+  EXPECT_EQ(e.stage_index(50), 1u);
+  // The resolved YAML lists every stage key and reads back to the same experiment.
+  const std::string yaml = experiment_to_yaml(e);
+  EXPECT_NE(yaml.find("loss: attention_transfer"), std::string::npos) << yaml;
+  const Experiment again = load_experiment(write_yaml("staged-resolved.yaml", yaml), {});
+  EXPECT_EQ(experiment_to_yaml(again), yaml);
+  // Without stages: one, today's run.
+  const Experiment plain = load_experiment(write_yaml("plain.yaml", kGood), {});
+  ASSERT_EQ(plain.stages.size(), 1u);
+  EXPECT_FALSE(plain.explicit_stages);
+  EXPECT_EQ(plain.stages[0].steps, 50);
+  EXPECT_EQ(plain.stages[0].warmup, 5);
+  EXPECT_EQ(plain.stages[0].loss, StageLoss::LanguageModel);
+  EXPECT_EQ(experiment_to_yaml(plain).find("stages"), std::string::npos);
+}
+
+TEST(Experiment, BadStagesGiveClearMessages) {
+  const std::string head = "model: {source: x}\ndata: {train: t.npy}\n";
+  const std::vector<BadConfig> table = {
+      {"stages_not_list", head + "stages: {steps: 3}\n", {}, "stages_not_list.yaml:3: 'stages' must be a list"},
+      {"stage_unknown", head + "stages:\n  - {steps: 3, los: lm}\n", {},
+       "unknown key 'stages[0].los' (did you mean 'stages[0].loss'?)"},
+      {"stage_no_steps", head + "stages:\n  - {loss: lm}\n", {}, "missing required key 'stages[0].steps'"},
+      {"stage_bad_loss", head + "stages:\n  - {steps: 3, loss: mse}\n", {},
+       "'stages[0].loss' is 'mse', expected one of: lm, attention_transfer"},
+      {"stage_steps_type", head + "stages:\n  - {steps: many}\n", {}, "'stages[0].steps' must be an integer, got 'many'"},
+      {"stage_zero", head + "stages:\n  - {steps: 0}\n", {}, "'stages[0].steps' must be at least 1, got 0"},
+      {"stage_empty", head + "stages: []\n", {}, "'stages' is empty"},
+      {"stage_twice", head + "stages:\n  - {name: a, steps: 1}\n  - {name: a, steps: 1}\n", {},
+       "two stages are named 'a'"},
+      {"stage_lr", head + "stages:\n  - {steps: 1, lr: 1.0e-4, min_lr: 1.0e-3}\n", {}, "stages[0]: learning rates"},
+      {"stage_steps_conflict", head + "schedule: {steps: 10}\nstages:\n  - {steps: 3}\n", {},
+       "schedule.steps is 10 but the stages add up to 3 steps"},
+      {"transfer_all", head + "stages:\n  - {steps: 3, loss: attention_transfer, train: all}\n", {},
+       "is attention_transfer with train: all"},
+      {"transfer_late", head + "stages:\n  - {name: ft, steps: 3}\n  - {steps: 3, loss: attention_transfer}\n", {},
+       "is attention_transfer after 'ft', which trains every tensor"},
+      {"stage_override_missing", head + "stages:\n  - {steps: 3}\n", {"stages.1.steps=4"},
+       "the experiment has 1 stage(s); stages.1 does not exist"},
+      {"stage_override_form", head + "stages:\n  - {steps: 3}\n", {"stages.first.steps=4"},
+       "a stage key is written stages.N.KEY"},
+      {"stage_override_key", head + "stages:\n  - {steps: 3}\n", {"stages.0.step=4"},
+       "unknown key 'stages[0].step' (did you mean 'stages[0].steps'?)"},
+  };
+  for (const BadConfig& bad : table) {
+    SCOPED_TRACE(bad.name);
+    try {
+      load_experiment(write_yaml(bad.name + ".yaml", bad.yaml), bad.overrides);
+      ADD_FAILURE() << "accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(bad.message), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(Experiment, NamePatterns) {

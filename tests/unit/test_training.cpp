@@ -15,6 +15,7 @@
 #include "trainer/data/indexed_dataset.h"
 #include "trainer/data/npy.h"
 #include "trainer/model/init.h"
+#include "trainer/model/parameters.h"
 #include "trainer/model/source.h"
 #include "trainer/train/token_batches.h"
 #include "trainer/train/trainer.h"
@@ -109,6 +110,139 @@ TEST(Training, FrozenTensorsDoNotMove) {
   // The DiJiang projection is fixed by design: no optimizer state accumulates for it.
   for (double value : trained.tensors.at("optimizer.m.gpt_neox.layers.0.attention.proj_matrix").to_f64_vector())
     ASSERT_EQ(value, 0.0);
+  fs::remove_all(root);
+}
+
+// Attention transfer for 8 steps, then the language model for 8.
+Experiment staged_experiment(const fs::path& out) {
+  Experiment e = tiny_experiment(out, "dijiang");
+  e.explicit_stages = true;
+  Stage transfer;
+  transfer.name = "transfer";
+  transfer.loss = StageLoss::AttentionTransfer;
+  transfer.train = StageTrains::Added;
+  transfer.steps = 8;
+  transfer.warmup = 2;
+  transfer.lr = 1e-2;
+  transfer.min_lr = 1e-3;
+  Stage finetune = transfer;
+  finetune.name = "finetune";
+  finetune.loss = StageLoss::LanguageModel;
+  finetune.train = StageTrains::All;
+  finetune.lr = 3e-3;
+  finetune.min_lr = 3e-4;
+  finetune.begin = 8;
+  e.stages = {transfer, finetune};
+  e.steps = 16;
+  e.checkpoint_every = 3;
+  return e;
+}
+
+std::vector<nlohmann::json> metric_lines(const fs::path& dir) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(dir / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+void expect_same_checkpoints(const fs::path& a, const fs::path& b) {
+  const NativeCheckpoint ca = read_native_checkpoint(a), cb = read_native_checkpoint(b);
+  ASSERT_EQ(ca.tensors.size(), cb.tensors.size());
+  for (const auto& [name, tensor] : ca.tensors) {
+    const Tensor& other = cb.tensors.at(name);
+    ASSERT_EQ(tensor.nbytes(), other.nbytes()) << name;
+    EXPECT_EQ(std::memcmp(tensor.bytes(), other.bytes(), tensor.nbytes()), 0) << name;
+  }
+}
+
+// Stopped inside the transfer stage (step 5), at the boundary (step 8) or inside the fine-tuning
+// (step 11) and resumed, a two-stage run ends with the same bits as one that never stopped.
+TEST(TrainingStages, ResumeInsideEitherStageIsExact) {
+  const fs::path root = fs::temp_directory_path() / "dijiang-stages-resume";
+  fs::remove_all(root);
+  const TrainOutcome straight = train(staged_experiment(root / "straight"), false);
+  ASSERT_EQ(straight.step, 16);
+  const std::vector<nlohmann::json> reference = metric_lines(root / "straight");
+  for (const int64_t stop : {5, 8, 11}) {
+    SCOPED_TRACE(stop);
+    const fs::path dir = root / ("stop-" + std::to_string(stop));
+    const Experiment e = staged_experiment(dir);
+    ASSERT_EQ(train(e, false, stop).step, stop);
+    const TrainOutcome resumed = train(e, true);
+    ASSERT_EQ(resumed.step, 16);
+    EXPECT_EQ(losses(dir), losses(root / "straight"));
+    expect_same_checkpoints(straight.checkpoint, resumed.checkpoint);
+  }
+  // The metrics name each step's stage and objective; the transfer loss is a mean squared error
+  // that falls, and the language-model loss follows.
+  std::vector<double> transfer_losses;
+  for (const auto& line : reference) {
+    if (!line.contains("loss")) continue;
+    const int64_t step = line["step"].get<int64_t>();
+    EXPECT_EQ(line["stage"], step <= 8 ? "transfer" : "finetune") << step;
+    EXPECT_EQ(line["objective"], step <= 8 ? "attention_transfer" : "lm") << step;
+    if (step <= 8) transfer_losses.push_back(line["loss"].get<double>());
+  }
+  ASSERT_EQ(transfer_losses.size(), 8u);
+  EXPECT_LT(transfer_losses.back(), transfer_losses.front());
+  // Each stage starts a fresh AdamW: after the fine-tuning's first step, the moments of W_G (trained
+  // in both stages) are those of one step from zero, v = (1 - β2) / (1 - β1)² · m², not carried over.
+  const NativeCheckpoint first_finetune = read_native_checkpoint(root / "straight" / "ckpt-00000009.h5");
+  const std::vector<double> m = first_finetune.tensors.at("optimizer.m.gpt_neox.layers.0.attention.W_G").to_f64_vector();
+  const std::vector<double> v = first_finetune.tensors.at("optimizer.v.gpt_neox.layers.0.attention.W_G").to_f64_vector();
+  for (size_t i = 0; i < m.size(); ++i) ASSERT_NEAR(v[i], 5.0 * m[i] * m[i], 1e-5 * v[i] + 1e-30) << i;
+  EXPECT_TRUE(fs::exists(root / "straight" / "transfer.png"));
+  EXPECT_TRUE(fs::exists(root / "straight" / "loss.png"));
+  fs::remove_all(root);
+}
+
+// The transfer stage trains only what the conversion added: every other tensor ends bit-identical
+// to the source's, with no optimizer state.
+TEST(TrainingStages, TransferStageMovesOnlyTheAddedTensors) {
+  const fs::path root = fs::temp_directory_path() / "dijiang-stages-frozen";
+  fs::remove_all(root);
+  Experiment e = staged_experiment(root);
+  e.stages.resize(1);
+  e.steps = 8;
+  const TrainOutcome outcome = train(e, false);
+  ASSERT_EQ(outcome.step, 8);
+  const NativeCheckpoint trained = read_native_checkpoint(outcome.checkpoint);
+  const ModelSource pretrained = read_model_source(test::fixture("neox_parallel/f32"));
+  int64_t frozen = 0, moved = 0;
+  for (const auto& [name, tensor] : trained.tensors) {
+    if (name.starts_with("optimizer.")) continue;
+    const std::vector<double> m = trained.tensors.at("optimizer.m." + name).to_f64_vector();
+    const bool has_state = std::any_of(m.begin(), m.end(), [](double x) { return x != 0.0; });
+    if (added_by_conversion(name)) {
+      if (name.ends_with("proj_matrix") || name.ends_with("log_gamma")) continue;  // fixed by default
+      EXPECT_TRUE(has_state) << name;
+      moved += 1;
+      continue;
+    }
+    const Tensor& source = pretrained.tensors.at(name);
+    ASSERT_EQ(tensor.nbytes(), source.nbytes()) << name;
+    EXPECT_EQ(std::memcmp(tensor.bytes(), source.bytes(), tensor.nbytes()), 0) << name;
+    EXPECT_FALSE(has_state) << name;
+    frozen += 1;
+  }
+  EXPECT_EQ(moved, 6);   // W_G and the GroupNorm's weight and bias of 2 layers
+  EXPECT_GE(frozen, 20);
+  fs::remove_all(root);
+}
+
+TEST(TrainingStages, TransferNeedsConvertedAttention) {
+  const fs::path root = fs::temp_directory_path() / "dijiang-stages-softmax";
+  fs::remove_all(root);
+  Experiment e = staged_experiment(root);
+  e.attention = TargetAttention::Keep;
+  try {
+    train(e, false);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("stage 'transfer' is attention_transfer, but the model has softmax attention"),
+              std::string::npos)
+        << error.what();
+  }
   fs::remove_all(root);
 }
 

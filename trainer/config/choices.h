@@ -28,6 +28,12 @@ enum class Precision { F64, F32, BF16 };
 enum class TargetAttention { Keep, Softmax, DiJiang, RetNet };
 // data.order: how training sequences are drawn from the token file.
 enum class DataOrder { Shuffled, Pythia };
+// stages[].loss: what a training stage minimises: lm, next-token cross-entropy; attention_transfer,
+// the converted attention's distance to the softmax attention, layer by layer (docs/training.md).
+enum class StageLoss { LanguageModel, AttentionTransfer };
+// stages[].train: what a stage trains: all, every trainable tensor; added, only the tensors the
+// attention conversion added (the gate, GroupNorm, a learnable decay, feature weights).
+enum class StageTrains { All, Added };
 
 template <class E>
 struct Choices;  // static constexpr std::array<std::pair<E, std::string_view>, N> values
@@ -66,6 +72,17 @@ template <>
 struct Choices<DataOrder> {
   static constexpr std::array<std::pair<DataOrder, std::string_view>, 2> values{
       {{DataOrder::Shuffled, "shuffled"}, {DataOrder::Pythia, "pythia"}}};
+};
+
+template <>
+struct Choices<StageLoss> {
+  static constexpr std::array<std::pair<StageLoss, std::string_view>, 2> values{
+      {{StageLoss::LanguageModel, "lm"}, {StageLoss::AttentionTransfer, "attention_transfer"}}};
+};
+template <>
+struct Choices<StageTrains> {
+  static constexpr std::array<std::pair<StageTrains, std::string_view>, 2> values{
+      {{StageTrains::All, "all"}, {StageTrains::Added, "added"}}};
 };
 
 template <class E>

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <sstream>
 
 #include "kernels/core/error.h"
@@ -269,6 +270,156 @@ void walk(const YAML::Node& node, const std::string& prefix, const std::string& 
   }
 }
 
+// ---- stages ----------------------------------------------------------------------------------
+// A `stages:` entry as written (or changed by an override stages.N.KEY=VALUE); keys left out take
+// the experiment's defaults once every key is read.
+struct StageSpec {
+  std::optional<std::string> name;
+  std::optional<StageLoss> loss;
+  std::optional<StageTrains> train;
+  std::optional<int64_t> steps, warmup;
+  std::optional<double> lr, min_lr;
+};
+
+struct StageKey {
+  const char* name;
+  const char* type;
+  const char* fallback;
+  const char* help;
+};
+
+constexpr StageKey kStageKeys[] = {
+    {"name", "string", "stage<N> (N from 1)",
+     "stages: a list of training stages run in order, each a mapping of these keys (as overrides: stages.N.KEY=VALUE, "
+     "N from 0); without it the run is one stage of schedule.steps. name: the stage's name in logs, metrics and "
+     "plots"},
+    {"loss", "lm | attention_transfer", "lm",
+     "lm: next-token cross-entropy; attention_transfer: the mean squared difference between each layer's converted "
+     "attention output and the softmax attention's on the same inputs, summed over layers (docs/training.md)"},
+    {"train", "all | added", "all (added for attention_transfer)",
+     "all: every trainable tensor (less optimizer.freeze); added: only what the attention conversion added"},
+    {"steps", "integer", "required", "optimizer steps of the stage"},
+    {"warmup", "integer", "schedule.warmup", "steps of linear warm-up at the start of the stage"},
+    {"lr", "number", "optimizer.lr", "peak learning rate of the stage"},
+    {"min_lr", "number", "optimizer.min_lr", "learning rate at the end of the stage's cosine decay"},
+};
+
+std::string closest_stage_key(const std::string& name) {
+  std::string best;
+  size_t best_distance = std::numeric_limits<size_t>::max();
+  for (const StageKey& key : kStageKeys) {
+    const size_t distance = edit_distance(name, key.name);
+    if (distance < best_distance) {
+      best_distance = distance;
+      best = key.name;
+    }
+  }
+  return best;
+}
+
+void assign_stage(StageSpec& stage, size_t index, const std::string& key, const YAML::Node& node,
+                  const std::string& where) {
+  const std::string path = fmt::format("stages[{}].{}", index, key);
+  const auto wrong = [&](const char* expected) {
+    fail("{}: '{}' must be {}, got {}", where, path, expected,
+         node.IsScalar() ? fmt::format("'{}'", node.Scalar()) : std::string(node.IsSequence() ? "a list" : node.IsMap() ? "a mapping" : "nothing"));
+  };
+  const auto pick = [&]<class E>(std::optional<E>& field) {
+    if (!node.IsScalar()) wrong("one of the listed values");
+    const auto value = find_choice<E>(node.Scalar());
+    if (!value) {
+      std::vector<std::string> names;
+      for (const auto& [v, spelling] : Choices<E>::values) names.emplace_back(spelling);
+      fail("{}: '{}' is '{}', expected one of: {}", where, path, node.Scalar(), fmt::join(names, ", "));
+    }
+    field = *value;
+  };
+  try {
+    if (key == "name") {
+      if (!node.IsScalar() || node.Scalar().empty()) wrong("a non-empty string");
+      stage.name = node.Scalar();
+    } else if (key == "loss") {
+      pick(stage.loss);
+    } else if (key == "train") {
+      pick(stage.train);
+    } else if (key == "steps" || key == "warmup") {
+      if (!node.IsScalar()) wrong("an integer");
+      (key == "steps" ? stage.steps : stage.warmup) = node.as<int64_t>();
+    } else if (key == "lr" || key == "min_lr") {
+      if (!node.IsScalar()) wrong("a number");
+      (key == "lr" ? stage.lr : stage.min_lr) = node.as<double>();
+    } else {
+      fail("{}: unknown key '{}' (did you mean 'stages[{}].{}'?)", where, path, index, closest_stage_key(key));
+    }
+  } catch (const YAML::BadConversion&) {
+    wrong(key == "steps" || key == "warmup" ? "an integer" : "a number");
+  }
+}
+
+std::vector<StageSpec> read_stages(const YAML::Node& node, const std::string& file) {
+  const std::string where = origin(file, node);
+  if (!node.IsSequence()) fail("{}: 'stages' must be a list of stages (mappings of name, loss, train, steps, ...)", where);
+  std::vector<StageSpec> stages(node.size());
+  for (size_t i = 0; i < node.size(); ++i) {
+    const YAML::Node item = node[i];
+    if (!item.IsMap()) fail("{}: stages[{}] must be a mapping of stage keys", origin(file, item), i);
+    for (const auto& entry : item) {
+      if (!entry.first.IsScalar()) fail("{}: a key must be a plain name in stages[{}]", origin(file, entry.first), i);
+      assign_stage(stages[i], i, entry.first.Scalar(), entry.second, origin(file, entry.first));
+    }
+  }
+  return stages;
+}
+
+// The stages of the run from what the file said: defaults filled in, each stage's first step.
+void resolve_stages(Experiment& e, const std::vector<StageSpec>& specs, bool steps_given, const std::string& file) {
+  if (!e.explicit_stages) {
+    e.stages = {default_stage(e)};
+    return;
+  }
+  if (specs.empty()) fail("{}: 'stages' is empty; leave it out for one stage of schedule.steps", file);
+  const int64_t given_steps = e.steps;
+  e.stages.clear();
+  int64_t begin = 0;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const StageSpec& spec = specs[i];
+    Stage stage;
+    stage.name = spec.name.value_or(fmt::format("stage{}", i + 1));
+    stage.loss = spec.loss.value_or(StageLoss::LanguageModel);
+    stage.train = spec.train.value_or(stage.loss == StageLoss::AttentionTransfer ? StageTrains::Added : StageTrains::All);
+    if (!spec.steps) fail("{}: missing required key 'stages[{}].steps'", file, i);
+    stage.steps = *spec.steps;
+    stage.warmup = spec.warmup.value_or(e.warmup);
+    stage.lr = spec.lr.value_or(e.lr);
+    stage.min_lr = spec.min_lr.value_or(e.min_lr);
+    stage.begin = begin;
+    if (stage.steps < 1) fail("{}: 'stages[{}].steps' must be at least 1, got {}", file, i, stage.steps);
+    if (stage.warmup < 0) fail("{}: 'stages[{}].warmup' must not be negative", file, i);
+    if (!(stage.lr > 0) || !(stage.min_lr >= 0) || stage.min_lr > stage.lr)
+      fail("{}: stages[{}]: learning rates must satisfy 0 <= min_lr <= lr and lr > 0", file, i);
+    for (const Stage& earlier : e.stages)
+      if (earlier.name == stage.name) fail("{}: two stages are named '{}'", file, stage.name);
+    if (stage.loss == StageLoss::AttentionTransfer) {
+      // The teacher's attention is computed from the query_key_value and dense weights: they must be
+      // the source's, untrained.
+      if (stage.train == StageTrains::All)
+        fail("{}: stages[{}] ('{}') is attention_transfer with train: all, but the teacher's attention is computed "
+             "from the weights it would train; use train: added", file, i, stage.name);
+      for (const Stage& earlier : e.stages)
+        if (earlier.train == StageTrains::All)
+          fail("{}: stages[{}] ('{}') is attention_transfer after '{}', which trains every tensor: the teacher's "
+               "attention needs the source's weights, so attention-transfer stages come first", file, i, stage.name,
+               earlier.name);
+    }
+    e.stages.push_back(stage);
+    begin += stage.steps;
+  }
+  if (steps_given && given_steps != begin)
+    fail("{}: schedule.steps is {} but the stages add up to {} steps; leave schedule.steps out (the run takes the "
+         "sum of the stages' steps)", file, given_steps, begin);
+  e.steps = begin;
+}
+
 void check_values(const Experiment& e, const std::string& file) {
   const auto positive = [&](int64_t value, const char* path) {
     if (value < 1) fail("{}: '{}' must be at least 1, got {}", file, path, value);
@@ -301,6 +452,25 @@ void check_values(const Experiment& e, const std::string& file) {
 }
 
 }  // namespace
+
+Stage default_stage(const Experiment& e) {
+  Stage stage;
+  stage.name = "train";
+  stage.steps = e.steps;
+  stage.warmup = e.warmup;
+  stage.lr = e.lr;
+  stage.min_lr = e.min_lr;
+  return stage;
+}
+
+size_t Experiment::stage_index(int64_t done) const {
+  if (stages.empty()) fail("the experiment has no stages");
+  for (size_t i = 0; i < stages.size(); ++i)
+    if (done < stages[i].end()) return i;
+  return stages.size() - 1;
+}
+
+const Stage& Experiment::stage_at(int64_t done) const { return stages[stage_index(done)]; }
 
 bool matches_pattern(std::string_view pattern, std::string_view name) {
   // Iterative wildcard match with backtracking to the last '*'.
@@ -338,12 +508,37 @@ Experiment read_experiment(const std::filesystem::path& path, const std::vector<
   if (!root.IsMap()) fail("{}: expected a mapping of sections (model, data, batch, ...)", file);
   Experiment e;
   std::vector<std::string> seen;
+  std::vector<StageSpec> stages;
+  if (const YAML::Node node = static_cast<const YAML::Node&>(root)["stages"]) {
+    stages = read_stages(node, file);
+    e.explicit_stages = true;
+    root.remove("stages");
+  }
   walk(root, "", file, e, seen);
   for (const std::string& text : overrides) {
     const size_t equals = text.find('=');
     const std::string where = fmt::format("override '{}'", text);
     if (equals == std::string::npos || equals == 0) fail("{}: expected KEY=VALUE", where);
     const std::string key_path = text.substr(0, equals);
+    if (key_path.starts_with("stages.")) {
+      // stages.N.KEY=VALUE changes a key of stage N (from 0) of the file's stages.
+      const size_t dot = key_path.find('.', 7);
+      const std::string index_text = key_path.substr(7, dot == std::string::npos ? std::string::npos : dot - 7);
+      if (dot == std::string::npos || index_text.empty() ||
+          index_text.find_first_not_of("0123456789") != std::string::npos)
+        fail("{}: a stage key is written stages.N.KEY (N from 0), e.g. stages.0.steps=100", where);
+      const size_t index = std::stoul(index_text);
+      if (index >= stages.size())
+        fail("{}: the experiment has {} stage(s); stages.{} does not exist", where, stages.size(), index);
+      YAML::Node value;
+      try {
+        value = YAML::Load(text.substr(equals + 1));
+      } catch (const YAML::ParserException& ex) {
+        fail("{}: {}", where, ex.msg);
+      }
+      assign_stage(stages[index], index, key_path.substr(dot + 1), value, where);
+      continue;
+    }
     const Key* key = find_key(key_path);
     if (key == nullptr) fail("{}: unknown key '{}' (did you mean '{}'?)", where, key_path, closest_key(key_path));
     YAML::Node value;
@@ -358,6 +553,7 @@ Experiment read_experiment(const std::filesystem::path& path, const std::vector<
   for (const Key& key : schema())
     if (key.required && std::find(seen.begin(), seen.end(), key.path) == seen.end())
       fail("{}: missing required key '{}'", file, key.path);
+  resolve_stages(e, stages, std::find(seen.begin(), seen.end(), "schedule.steps") != seen.end(), file);
   check_values(e, file);
   return e;
 }
@@ -389,8 +585,8 @@ struct YamlTree {
     added.name = key;
     return added;
   }
-  void emit(YAML::Emitter& out) const {
-    out << YAML::BeginMap;
+  // The keys and values of this map, inside a map the caller opened.
+  void emit_entries(YAML::Emitter& out) const {
     for (const YamlTree& tree : children) {
       out << YAML::Key << tree.name << YAML::Value;
       if (tree.children.empty())
@@ -398,6 +594,10 @@ struct YamlTree {
       else
         tree.emit(out);
     }
+  }
+  void emit(YAML::Emitter& out) const {
+    out << YAML::BeginMap;
+    emit_entries(out);
     out << YAML::EndMap;
   }
 };
@@ -467,6 +667,13 @@ std::string experiment_keys_help() {
                        key.required ? std::string("required") : "default " + default_of(key));
     out += wrap(key.help, 4, 100);
   }
+  out += "\n";
+  for (const StageKey& key : kStageKeys) {
+    out += fmt::format("{:<34} {}, {}\n", fmt::format("stages[].{}", key.name), key.type,
+                       std::string_view(key.fallback) == "required" ? std::string("required")
+                                                                     : fmt::format("default {}", key.fallback));
+    out += wrap(key.help, 4, 100);
+  }
   return out;
 }
 
@@ -493,7 +700,21 @@ std::string experiment_to_yaml(const Experiment& experiment) {
   }
   YAML::Emitter out;
   out.SetDoublePrecision(15);  // 0.1 prints as 0.1; 15 digits round-trip every decimal literal of a config
-  root.emit(out);
+  if (!e.explicit_stages) {
+    root.emit(out);
+    return out.c_str();
+  }
+  // The sections, then the stages with every key resolved.
+  out << YAML::BeginMap;
+  root.emit_entries(out);
+  out << YAML::Key << "stages" << YAML::Value << YAML::BeginSeq;
+  for (const Stage& stage : e.stages)
+    out << YAML::BeginMap << YAML::Key << "name" << YAML::Value << stage.name << YAML::Key << "loss" << YAML::Value
+        << std::string(choice_name(stage.loss)) << YAML::Key << "train" << YAML::Value
+        << std::string(choice_name(stage.train)) << YAML::Key << "steps" << YAML::Value << stage.steps << YAML::Key
+        << "warmup" << YAML::Value << stage.warmup << YAML::Key << "lr" << YAML::Value << stage.lr << YAML::Key
+        << "min_lr" << YAML::Value << stage.min_lr << YAML::EndMap;
+  out << YAML::EndSeq << YAML::EndMap;
   return out.c_str();
 }
 

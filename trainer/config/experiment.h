@@ -15,6 +15,19 @@
 
 namespace dj {
 
+// One stage of a run (`stages:` in the YAML): its own steps, learning-rate schedule (warm-up and
+// cosine decay from lr to min_lr over the stage), loss and trained tensors. Each stage starts a
+// fresh AdamW (zero moments, bias correction from its first step).
+struct Stage {
+  std::string name;
+  StageLoss loss = StageLoss::LanguageModel;
+  StageTrains train = StageTrains::All;
+  int64_t steps = 0, warmup = 0;
+  double lr = 0.0, min_lr = 0.0;
+  int64_t begin = 0;  // steps of the run before this stage
+  int64_t end() const { return begin + steps; }
+};
+
 struct Experiment {
   // model
   std::string model_source;             // Hugging Face directory or native checkpoint
@@ -55,9 +68,22 @@ struct Experiment {
   int64_t zero_stage = 0;               // 0 data parallel, 1 + optimizer state, 2 + gradients, 3 + parameters sharded
   double timeout_s = 600.0;             // a collective that waits longer ends the job
 
+  // The run's stages in order. Without `stages:` in the YAML there is one, "train": the language
+  // model over schedule.steps with the optimizer's rates (today's form); with it, schedule.steps is
+  // their sum and stage keys left out take optimizer.lr, optimizer.min_lr and schedule.warmup.
+  std::vector<Stage> stages;
+  bool explicit_stages = false;
+  // The stage that takes the step after `done` steps (the last stage once the run is complete).
+  const Stage& stage_at(int64_t done) const;
+  size_t stage_index(int64_t done) const;
+
   int64_t sequences_per_step() const { return micro_batch * grad_accum; }
   int64_t tokens_per_step() const { return sequences_per_step() * seq_len; }
 };
+
+// The one stage of an experiment without `stages:`: "train", the language model over
+// schedule.steps at the optimizer's rates.
+Stage default_stage(const Experiment& experiment);
 
 // Reads and validates a YAML file with overrides ("a.b=c", values parsed as YAML scalars).
 Experiment load_experiment(const std::filesystem::path& file, const std::vector<std::string>& overrides);

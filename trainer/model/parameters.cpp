@@ -9,6 +9,14 @@ namespace dj {
 
 std::string layer_prefix(int64_t layer) { return fmt::format("gpt_neox.layers.{}.", layer); }
 
+bool added_by_conversion(const std::string& name) {
+  if (!name.starts_with("gpt_neox.layers.")) return false;
+  for (const char* suffix : {".attention.proj_matrix", ".attention.W_G", ".attention.group_norm.weight",
+                             ".attention.group_norm.bias", ".attention.log_gamma", ".attention.feature_weights"})
+    if (name.ends_with(suffix)) return true;
+  return false;
+}
+
 void ParameterLayout::add(const std::string& name, Shape shape, bool trainable) {
   if (contains(name)) fail("parameter '{}' declared twice", name);
   index_[name] = views_.size();

@@ -43,6 +43,10 @@ class ParameterLayout {
 
 std::string layer_prefix(int64_t layer);
 
+// Whether a tensor is one the attention conversion adds to a softmax model (the DiJiang
+// projection, gate, GroupNorm, decay and feature weights), rather than one of the source's.
+bool added_by_conversion(const std::string& name);
+
 // A contiguous range of the flat buffer whose parameters are used together: the GPT-NeoX
 // segments are the input embedding (0), each layer (1..L) and the head (L + 1: final norm and,
 // unless tied, the output embedding). ZeRO stage 3 gathers parameters a segment at a time, and

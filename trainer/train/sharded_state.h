@@ -89,6 +89,8 @@ class ShardedState final : public ModelStorage<Ops> {
   // Σ g² over every rank's gradients of the update, frozen values zeroed first.
   double gradient_sum_of_squares();
   void clip(double norm, double max_norm);
+  // Zeroes both moments (a fresh AdamW for a new training stage).
+  void reset_moments();
   // AdamW over the update range, then the new parameters made visible to every rank.
   void update(int64_t step, double lr, const AdamWConfig& config);
 

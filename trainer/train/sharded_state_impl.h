@@ -326,6 +326,12 @@ void ShardedState<Ops>::discard_unused_gathers() {
 }
 
 template <class Ops>
+void ShardedState<Ops>::reset_moments() {
+  ops_.fill_zero(m_.data(), static_cast<int64_t>(m_.size()));
+  ops_.fill_zero(v_.data(), static_cast<int64_t>(v_.size()));
+}
+
+template <class Ops>
 void ShardedState<Ops>::update(int64_t step, double lr, const AdamWConfig& config) {
   // A gather still in flight reads the slice the update writes.
   discard_unused_gathers();

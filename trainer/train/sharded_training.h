@@ -33,10 +33,17 @@ class ShardedTraining : public TrainingState {
   void set_masks(const std::vector<uint8_t>& decay, const std::vector<uint8_t>& update) override {
     state_.set_masks(decay, update);
   }
+  void set_objective(StageLoss loss) override { objective_ = loss; }
+  void reset_moments() override { state_.reset_moments(); }
   void start_step() override { state_.start_step(); }
   double micro_batch(const int32_t* ids, int64_t count, int64_t tokens, double weight, bool first,
                      bool last) override {
     state_.start_micro_batch(first, last);
+    if (objective_ == StageLoss::AttentionTransfer) {  // forward and backward in one pass
+      if (count > 0) return weight * model_.transfer(ids, count, tokens, weight);
+      model_.transfer(ids, 1, tokens, 0.0);
+      return 0.0;
+    }
     double loss = 0.0;
     if (count > 0)
       loss = weight * model_.forward(ids, count, tokens, true, weight);
@@ -67,6 +74,7 @@ class ShardedTraining : public TrainingState {
   comm::Communicator& comm_;
   GPTNeoXModel<Ops> model_;
   ShardedState<Ops> state_;
+  StageLoss objective_ = StageLoss::LanguageModel;
 };
 
 }  // namespace dj

@@ -78,6 +78,7 @@ class StopSignals {
 struct Metric {
   int64_t step;
   double loss, lr, grad_norm, tokens_per_s;
+  size_t stage;
 };
 
 std::string duration_text(double seconds) {
@@ -92,6 +93,7 @@ class Run {
   Run(const Experiment& e, comm::Communicator& comm, bool resume)
       : e_(e), comm_(comm), rank_(comm.rank()), world_(comm.size()),
         on_gpu_(select_backend().backend == Backend::CUDA) {
+    if (e_.stages.empty()) e_.stages = {default_stage(e_)};
     if (!on_gpu_ && e_.precision != Precision::F32)
       fail("precision {} needs a CUDA device; the CPU trains in f32 (set precision: f32)", choice_name(e_.precision));
     if (rank_ == 0) fs::create_directories(e_.out_dir);
@@ -171,9 +173,9 @@ class Run {
     const int64_t lo = global * rank_ / world_, hi = global * (rank_ + 1) / world_, local = hi - lo;
     const int64_t largest = (global + world_ - 1) / world_;
     const int64_t micro_batches = std::max<int64_t>(1, (largest + e_.micro_batch - 1) / e_.micro_batch);
-    spdlog::info("model: {} layers, hidden {}, {} attention, {:.2f}M parameters ({:.2f}M trained)", c.num_layers,
-                 c.hidden_size, !c.is_dijiang() ? "softmax" : c.has_feature_map() ? "DiJiang" : "RetNet-style", static_cast<double>(c.parameter_count()) / 1e6,
-                 static_cast<double>(trained_values_) / 1e6);
+    spdlog::info("model: {} layers, hidden {}, {} attention, {:.2f}M parameters", c.num_layers, c.hidden_size,
+                 !c.is_dijiang() ? "softmax" : c.has_feature_map() ? "DiJiang" : "RetNet-style",
+                 static_cast<double>(c.parameter_count()) / 1e6);
     spdlog::info("data: {} samples of {} tokens; {} sequences ({} tokens) per step; steps {} -> {}",
                  batches_->samples(), T, global, e_.tokens_per_step(), step_, e_.steps);
     spdlog::info("training on {}", state_->description());
@@ -192,19 +194,22 @@ class Run {
     const int64_t first_step = step_;
     state_->collectives().reset_traffic();
     std::vector<int32_t> batch(static_cast<size_t>(std::max<int64_t>(local, 1) * T), 0);
+    stage_ = e_.stages.size();  // none entered yet
     while (step_ < e_.steps) {
+      if (e_.stage_index(step_) != stage_) enter_stage(e_.stage_index(step_));
+      const Stage& stage = e_.stages[stage_];
       const auto step_start = std::chrono::steady_clock::now();
       batches_->next_slice(batch.data(), global, lo, hi, cursor_);
       // Streamed data is checked as it arrives; in-memory data was checked once at start.
       if (batches_->streamed()) check_vocabulary(batch, e_.train_tokens);
-      const double lr = learning_rate(step_, e_.lr, e_.min_lr, e_.warmup, e_.steps);
+      const double lr = learning_rate(step_ - stage.begin, stage.lr, stage.min_lr, stage.warmup, stage.steps);
       StepInput input;
       input.ids = batch.data();
       input.local = local;
       input.global = global;
       input.tokens = T;
       input.micro_batches = micro_batches;
-      input.step = step_ + 1;
+      input.step = step_ - stage.begin + 1;  // each stage's AdamW counts its own steps
       input.lr = lr;
       input.grad_clip = e_.grad_clip;
       input.adamw = AdamWConfig{e_.beta1, e_.beta2, e_.eps, e_.weight_decay};
@@ -222,14 +227,15 @@ class Run {
       const double step_seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - step_start).count();
       const double tokens_per_s = static_cast<double>(e_.tokens_per_step()) / step_seconds;
-      if (rank_ == 0) record({step_, loss, lr, norm, tokens_per_s});
+      if (rank_ == 0) record({step_, loss, lr, norm, tokens_per_s, stage_});
       outcome.last_loss = loss;
       {
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
         const double per_step = elapsed / static_cast<double>(step_ - first_step);
         const std::string status =
-            fmt::format("step {}/{} | loss {:.4f} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | ETA {}", step_,
-                        e_.steps, loss, lr, norm, tokens_per_s,
+            fmt::format("step {}/{}{} | loss {:.4f} | lr {:.3e} | grad norm {:.3f} | {:.0f} tok/s | ETA {}", step_,
+                        e_.steps, e_.explicit_stages ? fmt::format(" [{}]", stage.name) : std::string(), loss, lr,
+                        norm, tokens_per_s,
                         duration_text(per_step * static_cast<double>(e_.steps - step_)));
         if (step_ % e_.log_every == 0 || step_ == e_.steps) {
           if (progress_on_terminal_) std::fputs("\r\033[K", stderr);
@@ -321,7 +327,11 @@ class Run {
     } else {
       state_ = make_cpu_training_state(config, stage, comm_);
     }
-    build_masks();
+    for (const Stage& s : e_.stages)
+      if (s.loss == StageLoss::AttentionTransfer && !config.is_dijiang())
+        fail("stage '{}' is attention_transfer, but the model has softmax attention: set model.attention to dijiang "
+             "or retnet to convert it", s.name);
+    build_masks(e_.stages.front());
     state_->set_masks(decay_, update_);
   }
 
@@ -336,7 +346,27 @@ class Run {
       }
   }
 
-  void build_masks() {
+  // Starts stage `index` at step_: its trained tensors and loss, and, when it starts here rather
+  // than resuming inside it, a fresh AdamW (the moments of the stage before are not carried over).
+  void enter_stage(size_t index) {
+    const Stage& stage = e_.stages[index];
+    stage_ = index;
+    build_masks(stage);
+    state_->set_masks(decay_, update_);
+    state_->set_objective(stage.loss);
+    if (step_ == stage.begin && index > 0) state_->reset_moments();
+    if (rank_ != 0) return;
+    const std::string what = fmt::format("{} training {:.2f}M values ({}), steps {} -> {}, lr {:.3g} -> {:.3g}, "
+                                         "warm-up {}", choice_name(stage.loss), static_cast<double>(trained_values_) / 1e6,
+                                         stage.train == StageTrains::All ? "every trainable tensor" : "the tensors the conversion added",
+                                         step_, stage.end(), stage.lr, stage.min_lr, stage.warmup);
+    if (e_.explicit_stages)
+      spdlog::info("stage {}/{} '{}': {}", index + 1, e_.stages.size(), stage.name, what);
+    else
+      spdlog::info("training: {}", what);
+  }
+
+  void build_masks(const Stage& stage) {
     const int64_t begin = state_->update_begin(), end = state_->update_end();
     decay_.assign(static_cast<size_t>(end - begin), 0);
     update_.assign(decay_.size(), 0);
@@ -344,7 +374,7 @@ class Run {
     for (const auto& view : layout_.views()) {
       // Pythia decays matrices (embeddings included), not biases, norms or other 1-D tensors.
       const bool decay = view.shape.size() >= 2;
-      bool train = view.trainable;
+      bool train = view.trainable && (stage.train == StageTrains::All || added_by_conversion(view.name));
       for (const auto& pattern : e_.freeze)
         if (matches_pattern(pattern, view.name)) train = false;
       if (train) trained_values_ += view.numel();
@@ -366,10 +396,14 @@ class Run {
   void record(const Metric& metric) {
     history_.push_back(metric);
     std::ofstream out(metrics_path(), std::ios::app);
-    out << nlohmann::json{{"step", metric.step}, {"loss", metric.loss}, {"lr", metric.lr},
-                          {"grad_norm", metric.grad_norm}, {"tokens_per_s", metric.tokens_per_s}}
-               .dump()
-        << "\n";
+    nlohmann::json line{{"step", metric.step}, {"loss", metric.loss}, {"lr", metric.lr},
+                        {"grad_norm", metric.grad_norm}, {"tokens_per_s", metric.tokens_per_s}};
+    if (e_.explicit_stages) {
+      const Stage& stage = e_.stages[metric.stage];
+      line["stage"] = stage.name;
+      line["objective"] = choice_name(stage.loss);
+    }
+    out << line.dump() << "\n";
   }
 
   // Mean loss over consecutive windows of seq_len + 1 validation tokens, as `dijiang eval` cuts
@@ -490,17 +524,33 @@ class Run {
 
   void prune() const { prune_checkpoints(e_.out_dir, e_.keep); }
 
+  // loss.png: the language-model stages' loss, a series per stage; transfer.png: the
+  // attention-transfer stages' (another scale); lr.png: the learning rate over every stage.
   void plot() const {
-    PlotSeries loss{"training loss", {}, {}}, lr{"learning rate", {}, {}};
+    std::vector<PlotSeries> lm, transfer;
+    PlotSeries lr{"learning rate", {}, {}};
     for (const Metric& m : history_) {
-      loss.x.push_back(static_cast<double>(m.step));
-      loss.y.push_back(m.loss);
+      const Stage& stage = e_.stages[std::min(m.stage, e_.stages.size() - 1)];
+      auto& group = stage.loss == StageLoss::AttentionTransfer ? transfer : lm;
+      const std::string name = e_.explicit_stages ? stage.name : "training loss";
+      if (group.empty() || group.back().name != name) group.push_back({name, {}, {}});
+      group.back().x.push_back(static_cast<double>(m.step));
+      group.back().y.push_back(m.loss);
       lr.x.push_back(static_cast<double>(m.step));
       lr.y.push_back(m.lr);
     }
-    if (history_.size() < 2) return;
-    write_line_plot(fs::path(e_.out_dir) / "loss.png", {"Training loss", "step", "loss (nats/token)"}, {loss});
-    write_line_plot(fs::path(e_.out_dir) / "lr.png", {"Learning rate", "step", "learning rate"}, {lr});
+    const auto points = [](const std::vector<PlotSeries>& group) {
+      size_t n = 0;
+      for (const PlotSeries& series : group) n += series.x.size();
+      return n;
+    };
+    if (points(lm) >= 2)
+      write_line_plot(fs::path(e_.out_dir) / "loss.png", {"Training loss", "step", "loss (nats/token)"}, lm);
+    if (points(transfer) >= 2)
+      write_line_plot(fs::path(e_.out_dir) / "transfer.png",
+                      {"Attention-transfer loss", "step", "mean squared error, summed over layers"}, transfer);
+    if (history_.size() >= 2)
+      write_line_plot(fs::path(e_.out_dir) / "lr.png", {"Learning rate", "step", "learning rate"}, {lr});
   }
 
   // Restores the step, data cursor and metric history of a checkpoint (the moments were loaded
@@ -521,7 +571,8 @@ class Run {
       kept.push_back(line);
       if (j.contains("loss"))
         history_.push_back({j["step"].get<int64_t>(), j["loss"].get<double>(), j["lr"].get<double>(),
-                            j["grad_norm"].get<double>(), j["tokens_per_s"].get<double>()});
+                            j["grad_norm"].get<double>(), j["tokens_per_s"].get<double>(),
+                            e_.stage_index(j["step"].get<int64_t>() - 1)});
     }
     in.close();
     std::ofstream out(metrics_path(), std::ios::trunc);
@@ -556,6 +607,7 @@ class Run {
   std::vector<int32_t> valid_;
   DataCursor cursor_;
   int64_t step_ = 0, bad_steps_ = 0;
+  size_t stage_ = 0;  // the stage the loop is in
   std::vector<Metric> history_;
   comm::Traffic validation_traffic_;
 };

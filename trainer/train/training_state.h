@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "trainer/config/choices.h"
 #include "trainer/model/config.h"
 #include "trainer/model/evaluate.h"
 #include "trainer/optim/adamw.h"
@@ -35,12 +36,18 @@ class TrainingState {
   // Host masks over [update_begin, update_end) (1: takes weight decay / trains).
   virtual void set_masks(const std::vector<uint8_t>& decay, const std::vector<uint8_t>& update) = 0;
 
+  // What micro_batch minimises from now on (the stage's loss): the language model's cross-entropy
+  // (the default) or the attention-transfer loss (GPTNeoXModel::transfer).
+  virtual void set_objective(StageLoss loss) = 0;
+  // Zeroes AdamW's moments over the update range: a stage's fresh optimizer.
+  virtual void reset_moments() = 0;
+
   virtual void start_step() = 0;
   // Forward and backward of `count` sequences of `tokens` ids (host memory); the gradient is that
   // of weight × their mean loss, added to the step's. count == 0 runs a pass that carries no
   // gradient over the first sequence of `ids` (a rank with fewer sequences than micro-batches: the
   // collectives inside the backward need every rank). Returns weight × the mean loss (0 for such a
-  // pass). first/last: the step's first and last micro-batch.
+  // pass). first/last: the step's first and last micro-batch. The loss is the objective's.
   virtual double micro_batch(const int32_t* ids, int64_t count, int64_t tokens, double weight, bool first,
                              bool last) = 0;
   virtual void finish_gradients() = 0;
