@@ -204,8 +204,10 @@ void causal_attention_forward(T* o, T* lse, const T* q, const T* k, const T* v, 
   const int64_t query_blocks = tiling.query_blocks();
   // Every (head, query block) is independent. Later query blocks see more keys, so blocks are
   // dealt out dynamically, longest first; each output row is still computed by one fixed
-  // sequence of operations, whatever thread runs it.
-#pragma omp parallel if (BH * T_len * T_len * d / 2 > kParallelWork)
+  // sequence of operations, whatever thread runs it. The team starts even for little work: the
+  // tiles' products then run inside it, single-threaded, instead of each starting a team of its
+  // own (which, for many small tiles, cost far more than the tiles).
+#pragma omp parallel
   {
     std::vector<T> S(kBlockQ * kMaxBlockK);
 #pragma omp for schedule(dynamic)
@@ -253,7 +255,7 @@ void causal_attention_backward(T* dq, T* dk, T* dv, const T* dout, const T* q, c
   // sequence of operations, so the result is bit-identical for any thread count.
   const bool parallel = BH * T_len * T_len * d / 2 > kParallelWork;
   if (!parallel || BH >= omp_get_max_threads()) {
-#pragma omp parallel if (parallel)
+#pragma omp parallel  // for little work too: see causal_attention_forward
     {
       BackwardScratch<T> scratch;
 #pragma omp for schedule(dynamic)

@@ -60,7 +60,7 @@ TEST(AttentionTransfer, GradientOfTheAddedTensorsMatchesFiniteDifferences) {
     options.eps = 1e-5;
     std::mt19937_64 rng(5);
     for (const auto& view : model.layout().views()) {
-      if (!added_by_conversion(view.name)) continue;
+      if (!added_by_conversion(view.name) || !view.trainable) continue;
       std::uniform_int_distribution<int64_t> pick(0, view.numel() - 1);
       for (int i = 0; i < 5; ++i) options.indices.push_back(static_cast<size_t>(view.offset + pick(rng)));
     }
@@ -72,6 +72,62 @@ TEST(AttentionTransfer, GradientOfTheAddedTensorsMatchesFiniteDifferences) {
     const test::GradCheckResult r = test::gradcheck(objective, x, analytic, options);
     EXPECT_LE(r.max_error, 1e-6) << r;
   }
+}
+
+// The teacher's fixed copy of the query_key_value weights (set_transfer_teacher): with it equal to
+// the model's own, the loss is unchanged; once the model's q and k move, the teacher does not, so
+// the gradient of q and k's weights is the loss's whole derivative: finite differences agree.
+std::vector<std::vector<double>> qkv_of(const GPTNeoX<double>& model, const char* tensor) {
+  std::vector<std::vector<double>> out;
+  for (int64_t l = 0; l < model.config().num_layers; ++l) {
+    const auto& view = model.layout().view(layer_prefix(l) + "attention.query_key_value." + tensor);
+    out.emplace_back(model.parameters().begin() + view.offset, model.parameters().begin() + view.offset + view.numel());
+  }
+  return out;
+}
+
+TEST(AttentionTransfer, AFixedTeacherMakesQueryAndKeyTrainable) {
+  ModelConfig config = transfer_config(true);
+  config.attention_bias = true;
+  GPTNeoX<double> model(config);
+  randomise(model, 8);
+  const int64_t batch = 2, seq = 9;
+  const std::vector<int32_t> ids = token_ids(batch * seq, 23);
+  const double own = model.transfer(ids.data(), batch, seq, 0.0);
+  model.set_transfer_teacher(qkv_of(model, "weight"), qkv_of(model, "bias"));
+  model.zero_gradients();
+  EXPECT_EQ(model.transfer(ids.data(), batch, seq, 1.0), own);
+  const std::vector<double> analytic = model.gradients();
+
+  test::GradCheckOptions options;
+  options.eps = 1e-4;  // the loss is a small sum of squares: a larger step keeps rounding below 1e-7
+  std::mt19937_64 rng(12);
+  const int64_t D = config.hidden_size, d = config.head_dim();
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    // Rows of q and k (each head's first 2d of its 3d rows), weight and bias.
+    const auto& weight = model.layout().view(layer_prefix(l) + "attention.query_key_value.weight");
+    const auto& bias = model.layout().view(layer_prefix(l) + "attention.query_key_value.bias");
+    std::uniform_int_distribution<int64_t> head(0, config.num_heads - 1), row(0, 2 * d - 1), column(0, D - 1);
+    for (int i = 0; i < 6; ++i) {
+      const int64_t r = head(rng) * 3 * d + row(rng);
+      options.indices.push_back(static_cast<size_t>(weight.offset + r * D + column(rng)));
+      options.indices.push_back(static_cast<size_t>(bias.offset + head(rng) * 3 * d + row(rng)));
+    }
+    const auto& gate = model.layout().view(layer_prefix(l) + "attention.W_G");
+    options.indices.push_back(static_cast<size_t>(gate.offset + 5));
+  }
+  std::vector<double> x = model.parameters();
+  const auto objective = [&](std::vector<double>& params) {
+    model.parameters() = params;
+    return model.transfer(ids.data(), batch, seq, 0.0);
+  };
+  const test::GradCheckResult r = test::gradcheck(objective, x, analytic, options);
+  EXPECT_LE(r.max_error, 1e-6) << r;
+  // Back to the model's own weights.
+  model.parameters() = x;
+  model.set_transfer_teacher({}, {});
+  EXPECT_EQ(model.transfer(ids.data(), batch, seq, 0.0), own);
+  EXPECT_THROW(model.set_transfer_teacher({{1.0}}, {}), Error);
 }
 
 TEST(AttentionTransfer, OnlyTheAttentionReceivesGradients) {

@@ -122,6 +122,13 @@ class GPTNeoXModel {
   // time. Only the layers' attention tensors get gradients (query_key_value's and dense's through
   // the student alone); the loss does not depend on the rest.
   double transfer(const int32_t* ids, int64_t batch, int64_t seq, double gradient_weight = 1.0);
+  // The teacher's own query_key_value weights and biases (per layer, [3·hidden, hidden] and
+  // [3·hidden] values, the source model's), for transfer stages that also train the query and key
+  // projections: from then on the teacher's q, k, v come from these fixed copies instead of the
+  // model's weights (empty vectors: back to the model's own). The biases may be empty without
+  // attention biases.
+  void set_transfer_teacher(const std::vector<std::vector<Param>>& qkv_weights,
+                            const std::vector<std::vector<Param>>& qkv_biases);
 
   // Evaluation: the loss sum of ids [batch, seq] without keeping anything for a backward pass:
   // one layer's activations at a time, and the logits of at most `rows_per_block` rows.
@@ -221,6 +228,9 @@ class GPTNeoXModel {
   Storage* storage_ = nullptr;
   std::vector<typename Storage::Parameters> held_params_;
   std::vector<Grad*> held_grads_;
+  // The teacher's query_key_value weights and biases per layer (set_transfer_teacher), as the
+  // products read them; empty: the teacher uses the model's own.
+  std::vector<Array<Act>> teacher_qkv_weights_, teacher_qkv_biases_;
   Activations acts_;   // training (and plain forward)
   Activations eval_;   // evaluate() and decoding's first pass: one layer of activations
   Activations step_;   // decoding's single-token passes

@@ -423,9 +423,21 @@ double GPTNeoXModel<Ops>::transfer(const int32_t* ids, int64_t batch, int64_t se
     ops_.layernorm_forward(la.ln1.data(), la.ln1_mean.data(), la.ln1_rstd.data(), x, p(pre + "input_layernorm.weight"),
                            p(pre + "input_layernorm.bias"), N, D, config_.layer_norm_eps);
     project_qkv(a, la, l, la.ln1.data());
-    // The teacher: softmax attention of the same q, k, v, through the same dense projection.
-    ops_.causal_attention_forward(a.dattn.data(), a.teacher_lse.data(), la.q.data(), la.k.data(), la.v.data(), B * H,
-                                  S, d, scale);
+    // The teacher: softmax attention of the same q, k, v (or of its own projections' when the
+    // stage trains the model's), through the same dense projection.
+    const Act *tq = la.q.data(), *tk = la.k.data(), *tv = la.v.data();
+    if (!teacher_qkv_weights_.empty()) {
+      const auto li = static_cast<size_t>(l);
+      ops_.linear_forward(a.qkv.data(), la.ln1.data(), teacher_qkv_weights_[li].data(),
+                          bias ? teacher_qkv_biases_[li].data() : nullptr, N, D, 3 * D);
+      ops_.split_qkv(a.dq.data(), a.dk.data(), a.dv.data(), a.qkv.data(), B, S, H, d);
+      ops_.rotary_forward(a.dq.data(), B * H, S, d, config_.rotary_dims(), config_.rotary_emb_base, 0);
+      ops_.rotary_forward(a.dk.data(), B * H, S, d, config_.rotary_dims(), config_.rotary_emb_base, 0);
+      tq = a.dq.data();
+      tk = a.dk.data();
+      tv = a.dv.data();
+    }
+    ops_.causal_attention_forward(a.dattn.data(), a.teacher_lse.data(), tq, tk, tv, B * H, S, d, scale);
     ops_.merge_heads(a.nd_c.data(), a.dattn.data(), B, S, H, d);
     ops_.linear_forward(a.teacher.data(), a.nd_c.data(), p(pre + "attention.dense.weight"),
                         bias ? p(pre + "attention.dense.bias") : nullptr, N, D, D);
@@ -457,6 +469,32 @@ double GPTNeoXModel<Ops>::transfer(const int32_t* ids, int64_t batch, int64_t se
     drop_parameters(l + 1);
   }
   return total;
+}
+
+template <class Ops>
+void GPTNeoXModel<Ops>::set_transfer_teacher(const std::vector<std::vector<Param>>& qkv_weights,
+                                             const std::vector<std::vector<Param>>& qkv_biases) {
+  teacher_qkv_weights_.clear();
+  teacher_qkv_biases_.clear();
+  if (qkv_weights.empty()) return;
+  const int64_t D = config_.hidden_size, L = config_.num_layers;
+  const bool bias = config_.attention_bias;
+  if (static_cast<int64_t>(qkv_weights.size()) != L || (bias && static_cast<int64_t>(qkv_biases.size()) != L))
+    fail("the transfer teacher needs query_key_value weights{} for each of the {} layers", bias ? " and biases" : "", L);
+  const auto upload = [&](const std::vector<Param>& host, int64_t n, const char* what, int64_t l) {
+    if (static_cast<int64_t>(host.size()) != n)
+      fail("the transfer teacher's query_key_value {} of layer {} has {} values, expected {}", what, l, host.size(), n);
+    auto staged = Ops::template allocate<Param>(n);
+    ops_.upload(staged.data(), host.data(), n);
+    auto out = Ops::template allocate<Act>(n);
+    ops_.to_compute(out.data(), staged.data(), n);
+    return out;
+  };
+  for (int64_t l = 0; l < L; ++l) {
+    const auto li = static_cast<size_t>(l);
+    teacher_qkv_weights_.push_back(upload(qkv_weights[li], 3 * D * D, "weight", l));
+    if (bias) teacher_qkv_biases_.push_back(upload(qkv_biases[li], 3 * D, "bias", l));
+  }
 }
 
 template <class Ops>
