@@ -230,6 +230,45 @@ TEST(TrainingStages, TransferStageMovesOnlyTheAddedTensors) {
   fs::remove_all(root);
 }
 
+// train: added_qk also trains the rows of query_key_value that make q and k, and nothing else of
+// it; the teacher then computes from the source's projections, so a run resumed inside the stage
+// (whose own q and k have moved) ends with the same bits.
+TEST(TrainingStages, TransferCanTrainQueryAndKey) {
+  const fs::path root = fs::temp_directory_path() / "dijiang-stages-qk";
+  fs::remove_all(root);
+  Experiment e = staged_experiment(root / "straight");
+  e.stages.resize(1);
+  e.stages[0].train = StageTrains::AddedQK;
+  e.steps = 8;
+  const TrainOutcome outcome = train(e, false);
+  const NativeCheckpoint trained = read_native_checkpoint(outcome.checkpoint);
+  const ModelSource pretrained = read_model_source(test::fixture("neox_parallel/f32"));
+  const ModelConfig config = ModelConfig::from_hf_json(trained.config, "checkpoint");
+  const int64_t D = config.hidden_size, d = config.head_dim();
+  for (const char* part : {"weight", "bias"}) {
+    const std::string name = std::string("gpt_neox.layers.1.attention.query_key_value.") + part;
+    const std::vector<double> now = trained.tensors.at(name).to_f64_vector();
+    const std::vector<double> before = pretrained.tensors.at(name).to_f64_vector();
+    const int64_t row = std::string(part) == "weight" ? D : 1;
+    int64_t moved_qk = 0, moved_v = 0;
+    for (size_t i = 0; i < now.size(); ++i) {
+      const bool qk = (static_cast<int64_t>(i) / row) % (3 * d) < 2 * d;
+      (qk ? moved_qk : moved_v) += now[i] != before[i] ? 1 : 0;
+    }
+    EXPECT_EQ(moved_v, 0) << name;  // v's rows are the source's, bit for bit
+    EXPECT_GT(moved_qk, static_cast<int64_t>(now.size()) / 3) << name;
+  }
+  EXPECT_EQ(trained.tensors.at("gpt_neox.layers.0.attention.dense.weight").to_f64_vector(),
+            pretrained.tensors.at("gpt_neox.layers.0.attention.dense.weight").to_f64_vector());
+  Experiment split = e;
+  split.out_dir = (root / "split").string();
+  ASSERT_EQ(train(split, false, 5).step, 5);
+  const TrainOutcome resumed = train(split, true);
+  EXPECT_EQ(losses(root / "split"), losses(root / "straight"));
+  expect_same_checkpoints(outcome.checkpoint, resumed.checkpoint);
+  fs::remove_all(root);
+}
+
 TEST(TrainingStages, TransferNeedsConvertedAttention) {
   const fs::path root = fs::temp_directory_path() / "dijiang-stages-softmax";
   fs::remove_all(root);

@@ -32,8 +32,9 @@ enum class DataOrder { Shuffled, Pythia };
 // the converted attention's distance to the softmax attention, layer by layer (docs/training.md).
 enum class StageLoss { LanguageModel, AttentionTransfer };
 // stages[].train: what a stage trains: all, every trainable tensor; added, only the tensors the
-// attention conversion added (the gate, GroupNorm, a learnable decay, feature weights).
-enum class StageTrains { All, Added };
+// attention conversion added (the gate, GroupNorm, a learnable decay, feature weights); added_qk,
+// those and the query and key projections (the rows of query_key_value that make q and k).
+enum class StageTrains { All, Added, AddedQK };
 
 template <class E>
 struct Choices;  // static constexpr std::array<std::pair<E, std::string_view>, N> values
@@ -81,8 +82,8 @@ struct Choices<StageLoss> {
 };
 template <>
 struct Choices<StageTrains> {
-  static constexpr std::array<std::pair<StageTrains, std::string_view>, 2> values{
-      {{StageTrains::All, "all"}, {StageTrains::Added, "added"}}};
+  static constexpr std::array<std::pair<StageTrains, std::string_view>, 3> values{
+      {{StageTrains::All, "all"}, {StageTrains::Added, "added"}, {StageTrains::AddedQK, "added_qk"}}};
 };
 
 template <class E>

@@ -296,8 +296,10 @@ constexpr StageKey kStageKeys[] = {
     {"loss", "lm | attention_transfer", "lm",
      "lm: next-token cross-entropy; attention_transfer: the mean squared difference between each layer's converted "
      "attention output and the softmax attention's on the same inputs, summed over layers (docs/training.md)"},
-    {"train", "all | added", "all (added for attention_transfer)",
-     "all: every trainable tensor (less optimizer.freeze); added: only what the attention conversion added"},
+    {"train", "all | added | added_qk", "all (added for attention_transfer)",
+     "all: every trainable tensor (less optimizer.freeze); added: only what the attention conversion added; "
+     "added_qk: that and the query and key projections (an attention-transfer stage then computes the teacher from "
+     "the source's own projections)"},
     {"steps", "integer", "required", "optimizer steps of the stage"},
     {"warmup", "integer", "schedule.warmup", "steps of linear warm-up at the start of the stage"},
     {"lr", "number", "optimizer.lr", "peak learning rate of the stage"},
@@ -400,11 +402,11 @@ void resolve_stages(Experiment& e, const std::vector<StageSpec>& specs, bool ste
     for (const Stage& earlier : e.stages)
       if (earlier.name == stage.name) fail("{}: two stages are named '{}'", file, stage.name);
     if (stage.loss == StageLoss::AttentionTransfer) {
-      // The teacher's attention is computed from the query_key_value and dense weights: they must be
-      // the source's, untrained.
+      // The teacher's attention goes through the model's dense projection (and, unless a stage trains
+      // q and k, its query_key_value): they must be the source's, untrained.
       if (stage.train == StageTrains::All)
         fail("{}: stages[{}] ('{}') is attention_transfer with train: all, but the teacher's attention is computed "
-             "from the weights it would train; use train: added", file, i, stage.name);
+             "from the weights it would train; use train: added or added_qk", file, i, stage.name);
       for (const Stage& earlier : e.stages)
         if (earlier.train == StageTrains::All)
           fail("{}: stages[{}] ('{}') is attention_transfer after '{}', which trains every tensor: the teacher's "

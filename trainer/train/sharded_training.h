@@ -35,6 +35,10 @@ class ShardedTraining : public TrainingState {
   }
   void set_objective(StageLoss loss) override { objective_ = loss; }
   void reset_moments() override { state_.reset_moments(); }
+  void set_transfer_teacher(const std::vector<std::vector<float>>& qkv_weights,
+                            const std::vector<std::vector<float>>& qkv_biases) override {
+    model_.set_transfer_teacher(qkv_weights, qkv_biases);
+  }
   void start_step() override { state_.start_step(); }
   double micro_batch(const int32_t* ids, int64_t count, int64_t tokens, double weight, bool first,
                      bool last) override {

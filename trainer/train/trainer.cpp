@@ -144,6 +144,7 @@ class Run {
       start_peak_ = peak_resident_bytes();
       if (!from.empty()) restore(source.metadata, from);
     }
+    load_transfer_teacher();
     if (from.empty() && rank_ == 0) std::ofstream(metrics_path(), std::ios::trunc);
 
     if (e_.order == DataOrder::Pythia && !e_.train_tokens.ends_with(".npy")) {
@@ -337,6 +338,38 @@ class Run {
 
   void load(const TrainingState::Reader& read, bool with_moments) { state_->load(read, with_moments); }
 
+  // Attention-transfer stages that train q and k compute the teacher from the source's own
+  // query_key_value, read again from model.source (on resume too, when the run's have moved).
+  void load_transfer_teacher() {
+    if (std::none_of(e_.stages.begin(), e_.stages.end(), [](const Stage& s) {
+          return s.loss == StageLoss::AttentionTransfer && s.train == StageTrains::AddedQK;
+        }))
+      return;
+    const fs::path path = e_.model_source;
+    if (fs::is_regular_file(path) && path.extension() == ".json")
+      fail("an attention-transfer stage trains q and k, which needs the teacher's trained projections, but "
+           "model.source {} is a config to train from scratch", path.string());
+    const StoredModelSource source = open_model_source(path);
+    const int64_t D = config_.hidden_size;
+    std::vector<std::vector<float>> weights, biases;
+    const auto read = [&](const std::string& name, const Shape& shape) {
+      const auto it = source.tensors.find(name);
+      if (it == source.tensors.end() || it->second.shape() != shape)
+        fail("{}: the attention-transfer teacher needs '{}' of shape {}", path.string(), name, fmt::join(shape, "x"));
+      std::vector<float> values(static_cast<size_t>(shape_numel(shape)));
+      it->second.read_elements(0, shape_numel(shape), DType::F32, reinterpret_cast<std::byte*>(values.data()));
+      return values;
+    };
+    for (int64_t l = 0; l < config_.num_layers; ++l) {
+      const std::string name = layer_prefix(l) + "attention.query_key_value.";
+      weights.push_back(read(name + "weight", {3 * D, D}));
+      if (config_.attention_bias) biases.push_back(read(name + "bias", {3 * D}));
+    }
+    state_->set_transfer_teacher(weights, biases);
+    if (rank_ == 0)
+      spdlog::info("attention transfer: the teacher's query, key and value projections come from {}", path.string());
+  }
+
   void check_optimizer_state(const StoredModelSource& source, const fs::path& from) const {
     for (const auto& view : layout_.views())
       for (const char* prefix : {"optimizer.m.", "optimizer.v."}) {
@@ -374,14 +407,23 @@ class Run {
     for (const auto& view : layout_.views()) {
       // Pythia decays matrices (embeddings included), not biases, norms or other 1-D tensors.
       const bool decay = view.shape.size() >= 2;
-      bool train = view.trainable && (stage.train == StageTrains::All || added_by_conversion(view.name));
-      for (const auto& pattern : e_.freeze)
-        if (matches_pattern(pattern, view.name)) train = false;
+      bool frozen = !view.trainable;
+      for (const auto& pattern : e_.freeze) frozen = frozen || matches_pattern(pattern, view.name);
+      const bool train = !frozen && (stage.train == StageTrains::All || added_by_conversion(view.name));
+      // added_qk: the rows of query_key_value that make q and k (each head's first 2·head_dim of
+      // its 3·head_dim rows; the weight's rows are hidden_size values long, the bias's one).
+      const bool qk_rows = !frozen && stage.train == StageTrains::AddedQK &&
+                           view.name.find(".attention.query_key_value.") != std::string::npos;
+      const int64_t row = view.shape.size() >= 2 ? view.shape[1] : 1, head_dim = config_.head_dim();
+      const auto trains = [&](int64_t i) {  // value i of the view
+        return train || (qk_rows && (i / row) % (3 * head_dim) < 2 * head_dim);
+      };
       if (train) trained_values_ += view.numel();
+      if (qk_rows) trained_values_ += view.numel() / 3 * 2;
       const int64_t lo = std::max(begin, view.offset), hi = std::min(end, view.offset + view.numel());
       if (lo >= hi) continue;
       std::fill(decay_.begin() + (lo - begin), decay_.begin() + (hi - begin), static_cast<uint8_t>(decay));
-      std::fill(update_.begin() + (lo - begin), update_.begin() + (hi - begin), static_cast<uint8_t>(train));
+      for (int64_t i = lo; i < hi; ++i) update_[static_cast<size_t>(i - begin)] = static_cast<uint8_t>(trains(i - view.offset));
     }
   }
 

@@ -39,6 +39,10 @@ class TrainingState {
   // What micro_batch minimises from now on (the stage's loss): the language model's cross-entropy
   // (the default) or the attention-transfer loss (GPTNeoXModel::transfer).
   virtual void set_objective(StageLoss loss) = 0;
+  // The source's query_key_value weights and biases per layer, from which attention transfer then
+  // computes the teacher (GPTNeoXModel::set_transfer_teacher); every rank holds all of them.
+  virtual void set_transfer_teacher(const std::vector<std::vector<float>>& qkv_weights,
+                                    const std::vector<std::vector<float>>& qkv_biases) = 0;
   // Zeroes AdamW's moments over the update range: a stage's fresh optimizer.
   virtual void reset_moments() = 0;
 
