@@ -7,8 +7,10 @@ OUT="$WORK/run"
 "$DIJIANG" train configs/micro/tiny-dijiang-transfer.yaml checkpoint.dir="$OUT" stages.0.steps=6 stages.1.steps=4 \
   stages.0.train=added_qk checkpoint.every=5 logging.eval_every=2 >"$WORK/train.log" 2>&1 \
   || { cat "$WORK/train.log" >&2; die "training failed"; }
-grep -q "stage 1/2 'transfer': attention_transfer training" "$WORK/train.log" || die "no transfer stage line"
-grep -q "stage 2/2 'finetune': lm training .* steps 6 -> 10" "$WORK/train.log" || die "no fine-tuning stage line"
+grep -q "stage 1/2 'transfer' (attention_transfer): steps 0 -> 6, .* (the tensors the conversion added, and q and k)" \
+  "$WORK/train.log" || die "no transfer stage line"
+grep -q "stage 2/2 'finetune' (lm): steps 6 -> 10, .* (every trainable tensor)" "$WORK/train.log" \
+  || die "no fine-tuning stage line"
 grep -q "the teacher's query, key and value projections come from data/tiny-neox" "$WORK/train.log" \
   || die "no teacher line"
 grep -q "step 5/10 \[transfer\]" "$WORK/train.log" || die "progress lines do not name the stage"

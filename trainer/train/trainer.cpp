@@ -389,14 +389,16 @@ class Run {
     state_->set_objective(stage.loss);
     if (step_ == stage.begin && index > 0) state_->reset_moments();
     if (rank_ != 0) return;
-    const std::string what = fmt::format("{} training {:.2f}M values ({}), steps {} -> {}, lr {:.3g} -> {:.3g}, "
-                                         "warm-up {}", choice_name(stage.loss), static_cast<double>(trained_values_) / 1e6,
-                                         stage.train == StageTrains::All ? "every trainable tensor" : "the tensors the conversion added",
-                                         step_, stage.end(), stage.lr, stage.min_lr, stage.warmup);
+    const char* which = stage.train == StageTrains::All     ? "every trainable tensor"
+                        : stage.train == StageTrains::Added ? "the tensors the conversion added"
+                                                            : "the tensors the conversion added, and q and k";
+    const std::string what = fmt::format("steps {} -> {}, lr {:.3g} -> {:.3g}, warm-up {}; training {:.2f}M values ({})",
+                                         step_, stage.end(), stage.lr, stage.min_lr, stage.warmup,
+                                         static_cast<double>(trained_values_) / 1e6, which);
     if (e_.explicit_stages)
-      spdlog::info("stage {}/{} '{}': {}", index + 1, e_.stages.size(), stage.name, what);
+      spdlog::info("stage {}/{} '{}' ({}): {}", index + 1, e_.stages.size(), stage.name, choice_name(stage.loss), what);
     else
-      spdlog::info("training: {}", what);
+      spdlog::info("schedule: {}", what);
   }
 
   void build_masks(const Stage& stage) {
