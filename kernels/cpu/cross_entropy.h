@@ -16,6 +16,18 @@ template <typename T>
 CrossEntropyResult softmax_cross_entropy(T* logits, const int32_t* targets, int64_t rows,
                                          int64_t vocab, bool write_gradient, T grad_scale);
 
+// Cross-entropy with a distillation term: for each row with a target, the loss is
+//   −log softmax(z)[target] + weight · τ² · KL(softmax(t / τ) ‖ softmax(z / τ)),
+// z the row of logits, t the teacher's row of `teacher` [rows, vocab], τ the temperature (Hinton
+// et al.'s τ² keeps the term's gradient on the scale of the cross-entropy's). With write_gradient
+// each logits row becomes grad_scale · (softmax(z) − onehot(target) + weight · τ · (softmax(z/τ) −
+// softmax(t/τ))), the gradient of grad_scale times that loss; rows without a target become zeros.
+// Each row's softmaxes are computed in T and its KL summed in double; loss_sum adds both terms.
+template <typename T>
+CrossEntropyResult distill_cross_entropy(T* logits, const T* teacher, const int32_t* targets, int64_t rows,
+                                         int64_t vocab, bool write_gradient, T grad_scale, double weight,
+                                         double temperature);
+
 // The attention-transfer loss: Σ (a − b)² over n values, each difference taken in T and squared
 // and summed in double (in fixed blocks of kSquaredErrorBlock values, whatever the thread count).
 // With grad non-null, grad = grad_scale · (a − b) (grad may alias a or b).

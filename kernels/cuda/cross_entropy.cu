@@ -162,6 +162,91 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   }
 }
 
+// The (max, sum of exp) pair of a block's values: warps by shuffles, then the warps' pairs in warp
+// order, so every thread ends with the same pair.
+__device__ __forceinline__ void block_merge(float& m, float& s, float* s_max, float* s_sum) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
+    const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+    merge(m, s, m2, s2);
+  }
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  __syncthreads();  // the scratch may still be read from a previous reduction
+  if (lane == 0) {
+    s_max[warp] = m;
+    s_sum[warp] = s;
+  }
+  __syncthreads();
+  m = s_max[0];
+  s = s_sum[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) merge(m, s, s_max[w], s_sum[w]);
+}
+
+// One row per block: the softmaxes of z, z/τ and t/τ by online (max, sum) pairs, then the KL's
+// cross term, then the loss and (kGradient) the gradient in place of the row.
+template <typename T, bool kGradient>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    distill_kernel(T* logits, const T* teacher, const int32_t* targets, int64_t vocab, float grad_scale, float weight,
+                   float tau, double* row_loss) {
+  __shared__ float s_max[kWarps];
+  __shared__ float s_sum[kWarps];
+  __shared__ double s_cross[32];
+  const int64_t row = blockIdx.x;
+  T* lr = logits + row * vocab;
+  const T* tr = teacher + row * vocab;
+  const int32_t target = targets[row];
+  const int64_t step = blockDim.x;
+  if (target < 0 || target >= vocab) {  // block-uniform
+    if constexpr (kGradient)
+      for (int64_t j = threadIdx.x; j < vocab; j += step) lr[j] = from_f32<T>(0.0f);
+    if (threadIdx.x == 0) row_loss[row] = 0.0;
+    return;
+  }
+  const float x_target = threadIdx.x == 0 ? to_f32(lr[target]) : 0.0f;
+  const float inv_tau = __frcp_rn(tau);
+  float mz = -INFINITY, sz = 0.0f, ms = -INFINITY, ss = 0.0f, mt = -INFINITY, st = 0.0f;
+  for (int64_t j = threadIdx.x; j < vocab; j += step) {
+    const float z = to_f32(lr[j]);
+    const float v0[1] = {z};
+    const float v1[1] = {__fmul_rn(z, inv_tau)};
+    const float v2[1] = {__fmul_rn(to_f32(tr[j]), inv_tau)};
+    accumulate<1>(mz, sz, v0);
+    accumulate<1>(ms, ss, v1);
+    accumulate<1>(mt, st, v2);
+  }
+  block_merge(mz, sz, s_max, s_sum);
+  block_merge(ms, ss, s_max, s_sum);
+  block_merge(mt, st, s_max, s_sum);
+  double cross = 0.0;  // Σ exp(t/τ − max) (t/τ − z/τ)
+  for (int64_t j = threadIdx.x; j < vocab; j += step) {
+    const float zz = __fmul_rn(to_f32(lr[j]), inv_tau);
+    const float tt = __fmul_rn(to_f32(tr[j]), inv_tau);
+    cross += static_cast<double>(expf(tt - mt)) * (static_cast<double>(tt) - static_cast<double>(zz));
+  }
+  cross = detail::block_sum(cross, s_cross);
+  if (threadIdx.x == 0) {
+    const double kl = cross / st - (static_cast<double>(mt) + log(static_cast<double>(st))) +
+                      (static_cast<double>(ms) + log(static_cast<double>(ss)));
+    const double ce = log(static_cast<double>(sz)) - (static_cast<double>(x_target) - static_cast<double>(mz));
+    row_loss[row] = ce + static_cast<double>(weight) * static_cast<double>(tau) * static_cast<double>(tau) * kl;
+  }
+  if constexpr (kGradient) {
+    const float a = grad_scale / sz;
+    const float b = grad_scale * weight * tau / ss;
+    const float c = grad_scale * weight * tau / st;
+    for (int64_t j = threadIdx.x; j < vocab; j += step) {
+      const float z = to_f32(lr[j]);
+      const float zz = __fmul_rn(z, inv_tau);
+      const float tt = __fmul_rn(to_f32(tr[j]), inv_tau);
+      float g = expf(z - mz) * a + expf(zz - ms) * b - expf(tt - mt) * c;
+      if (j == target) g -= grad_scale;
+      lr[j] = from_f32<T>(g);
+    }
+  }
+}
+
 __global__ void __launch_bounds__(kTotalsThreads)
     cross_entropy_totals_kernel(CrossEntropyTotals* totals, const double* row_loss,
                                 const int32_t* targets, int64_t rows, int64_t vocab) {
@@ -225,6 +310,24 @@ __global__ void __launch_bounds__(1024) squared_error_finish_kernel(double* resu
 }
 
 }  // namespace
+
+template <typename T>
+void distill_cross_entropy_async(T* logits, const T* teacher, const int32_t* targets, int64_t rows, int64_t vocab,
+                                 bool write_gradient, float grad_scale, float weight, float temperature,
+                                 double* row_loss, CrossEntropyTotals* totals, cudaStream_t stream) {
+  if (rows > 0x7fffffff) throw std::invalid_argument("distill_cross_entropy: too many rows");
+  if (rows <= 0) {
+    DJ_CUDA_CHECK(cudaMemsetAsync(totals, 0, sizeof(CrossEntropyTotals), stream));
+    return;
+  }
+  if (vocab <= 0) throw std::invalid_argument("distill_cross_entropy: empty vocabulary");
+  if (!(temperature > 0)) throw std::invalid_argument("distill_cross_entropy: the temperature must be positive");
+  launch("distill_kernel", write_gradient ? distill_kernel<T, true> : distill_kernel<T, false>,
+         static_cast<unsigned>(rows), kThreads, 0, stream, logits, teacher, targets, vocab, grad_scale, weight,
+         temperature, row_loss);
+  launch("cross_entropy_totals_kernel", cross_entropy_totals_kernel, 1, kTotalsThreads, 0, stream, totals,
+         row_loss, targets, rows, vocab);
+}
 
 template <typename T>
 void squared_error_async(T* grad, const T* a, const T* b, int64_t n, float grad_scale, double* result,
@@ -301,7 +404,9 @@ CrossEntropyResult softmax_cross_entropy(T* logits, const int32_t* targets, int6
                                                cudaStream_t);                                   \
   template CrossEntropyResult softmax_cross_entropy<T>(T*, const int32_t*, int64_t, int64_t,    \
                                                        bool, float, cudaStream_t);      \
-  template void squared_error_async<T>(T*, const T*, const T*, int64_t, float, double*, cudaStream_t);
+  template void squared_error_async<T>(T*, const T*, const T*, int64_t, float, double*, cudaStream_t);     \
+  template void distill_cross_entropy_async<T>(T*, const T*, const int32_t*, int64_t, int64_t, bool, float, float, \
+                                               float, double*, CrossEntropyTotals*, cudaStream_t);
 DJ_INSTANTIATE(float)
 DJ_INSTANTIATE(bf16)
 #undef DJ_INSTANTIATE

@@ -220,6 +220,16 @@ CrossEntropyResult softmax_cross_entropy(T* logits, const int32_t* targets, int6
                                          int64_t vocab, bool write_gradient, float grad_scale,
                                          cudaStream_t stream);
 
+// Cross-entropy with a distillation term, as dj::cpu::distill_cross_entropy: per row with a
+// target, −log softmax(z)[target] + weight · τ² · KL(softmax(t/τ) ‖ softmax(z/τ)) into row_loss (fp64)
+// and the totals (as softmax_cross_entropy_async); with write_gradient the logits row becomes
+// grad_scale · (softmax(z) − onehot + weight · τ · (softmax(z/τ) − softmax(t/τ))). teacher
+// [rows, vocab]. Nothing is synchronised.
+template <typename T>
+void distill_cross_entropy_async(T* logits, const T* teacher, const int32_t* targets, int64_t rows, int64_t vocab,
+                                 bool write_gradient, float grad_scale, float weight, float temperature,
+                                 double* row_loss, CrossEntropyTotals* totals, cudaStream_t stream);
+
 // The attention-transfer loss, as dj::cpu::squared_error: Σ (a − b)² over n values (each difference
 // in fp32, squared and summed in fp64 over fixed blocks of 4096 values, then the block sums in
 // order by one block) into *result (device); with grad non-null, grad = grad_scale · (a − b) (may

@@ -45,6 +45,41 @@ void check_cross_entropy(Context& ctx, int64_t rows, int64_t vocab, bool write_g
     ctx.expect("cross_entropy leaves logits " + shape, bits_equal(after, logits));
 }
 
+// ---- cross-entropy with distillation -----------------------------------------------------------
+
+template <typename T>
+void check_distill(Context& ctx, int64_t rows, int64_t vocab, bool write_gradient, double temperature) {
+  const std::string shape = format("%s %lldx%lld tau=%g%s", type_name<T>(), static_cast<long long>(rows),
+                                   static_cast<long long>(vocab), temperature, write_gradient ? " grad" : "");
+  const size_t n = static_cast<size_t>(rows * vocab);
+  const auto logits = inputs<T>(ctx, n, 3.0f);
+  const auto teacher = inputs<T>(ctx, n, 3.0f);
+  auto targets = random_ids(ctx, static_cast<size_t>(rows), 0, static_cast<int32_t>(vocab));
+  if (rows > 1) targets.back() = -100;  // an ignored row
+  const float grad_scale = 1.0f / static_cast<float>(rows);
+  auto ref = logits;
+  const cpu::CrossEntropyResult expected = cpu::distill_cross_entropy<float>(
+      ref.data(), teacher.data(), targets.data(), rows, vocab, write_gradient, grad_scale, 0.7, temperature);
+  auto dlogits = upload<T>(logits);
+  auto dteacher = upload<T>(teacher);
+  DeviceBuffer<int32_t> dtargets(targets);
+  DeviceBuffer<double> row_loss(static_cast<size_t>(rows));
+  DeviceBuffer<dc::CrossEntropyTotals> totals(1);
+  dc::distill_cross_entropy_async<T>(dlogits.get(), dteacher.get(), dtargets.get(), rows, vocab, write_gradient,
+                                     grad_scale, 0.7f, static_cast<float>(temperature), row_loss.get(), totals.get(),
+                                     ctx.stream);
+  ctx.sync("distill_cross_entropy_async");
+  const dc::CrossEntropyTotals got = totals.download().at(0);
+  ctx.compare("distill loss " + shape, std::vector<double>{got.loss_sum}, std::vector<double>{expected.loss_sum},
+              kIsBf16<T> ? 1e-5 : 1e-6);
+  ctx.expect("distill count " + shape, got.count == expected.count);
+  const auto after = download(dlogits);
+  if (write_gradient)
+    ctx.compare("distill gradient " + shape, to_double(after), to_double(representable<T>(ref)), tolerance<T>());
+  else
+    ctx.expect("distill leaves logits " + shape, bits_equal(after, logits));
+}
+
 // ---- the attention-transfer loss ---------------------------------------------------------------
 
 template <typename T>
@@ -71,6 +106,16 @@ void check_squared_error(Context& ctx, int64_t n, bool in_place) {
 }
 
 }  // namespace
+
+DJ_GPU_CHECK(ops_distill) {
+  for (const double tau : {1.0, 2.0}) {
+    check_distill<float>(ctx, 1, 50304, true, tau);
+    check_distill<float>(ctx, 33, 1001, true, tau);
+    check_distill<bf16>(ctx, 33, 1001, true, tau);
+  }
+  check_distill<float>(ctx, 16, 50257, false, 1.5);
+  check_distill<bf16>(ctx, 8, 50304, true, 1.5);
+}
 
 DJ_GPU_CHECK(ops_squared_error) {
   for (const bool in_place : {false, true}) {

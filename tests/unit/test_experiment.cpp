@@ -163,7 +163,7 @@ TEST(Experiment, KeysDescribeThemselves) {
       EXPECT_TRUE(next.starts_with("    ") && next.size() > 12) << "no help under " << line;
     }
   }
-  EXPECT_EQ(keys, 44);  // 37 keys and 7 of each stage
+  EXPECT_EQ(keys, 46);  // 37 keys and 9 of each stage
   for (const char* expected :
        {"model.source                       string, required", "model.dijiang.form                 parallel | chunkwise | "
                                                                "recurrent, default chunkwise",
@@ -185,7 +185,8 @@ const std::string kStaged = kGood.substr(0, kGood.find("schedule:")) +
                             "    warmup: 2\n";
 
 TEST(Experiment, StagesTakeTheirDefaultsAndRunInOrder) {
-  const Experiment e = load_experiment(write_yaml("staged.yaml", kStaged), {"stages.1.min_lr=1e-6"});
+  const Experiment e = load_experiment(write_yaml("staged.yaml", kStaged),
+                                       {"stages.1.min_lr=1e-6", "stages.1.distill_weight=0.5", "stages.1.temperature=2"});
   ASSERT_TRUE(e.explicit_stages);
   ASSERT_EQ(e.stages.size(), 2u);
   const Stage &transfer = e.stages[0], &finetune = e.stages[1];
@@ -202,6 +203,10 @@ TEST(Experiment, StagesTakeTheirDefaultsAndRunInOrder) {
   EXPECT_EQ(finetune.warmup, 2);
   EXPECT_DOUBLE_EQ(finetune.lr, 3e-4);
   EXPECT_DOUBLE_EQ(finetune.min_lr, 1e-6);        // the override
+  EXPECT_DOUBLE_EQ(finetune.distill_weight, 0.5);
+  EXPECT_DOUBLE_EQ(finetune.temperature, 2.0);
+  EXPECT_DOUBLE_EQ(transfer.distill_weight, 0.0);
+  EXPECT_DOUBLE_EQ(transfer.temperature, 1.0);
   EXPECT_EQ(e.steps, 50);
   EXPECT_EQ(e.stage_index(0), 0u);
   EXPECT_EQ(e.stage_index(19), 0u);
@@ -247,6 +252,12 @@ TEST(Experiment, BadStagesGiveClearMessages) {
        "the experiment has 1 stage(s); stages.1 does not exist"},
       {"stage_override_form", head + "stages:\n  - {steps: 3}\n", {"stages.first.steps=4"},
        "a stage key is written stages.N.KEY"},
+      {"distill_transfer", head + "stages:\n  - {steps: 3, loss: attention_transfer, distill_weight: 1}\n", {},
+       "distils, but only an lm stage can"},
+      {"distill_negative", head + "stages:\n  - {steps: 3, distill_weight: -1}\n", {},
+       "distill_weight must be at least 0 and temperature positive"},
+      {"distill_temperature", head + "stages:\n  - {steps: 3, temperature: 0}\n", {},
+       "distill_weight must be at least 0 and temperature positive"},
       {"stage_override_key", head + "stages:\n  - {steps: 3}\n", {"stages.0.step=4"},
        "unknown key 'stages[0].step' (did you mean 'stages[0].steps'?)"},
   };

@@ -269,6 +269,34 @@ TEST(TrainingStages, TransferCanTrainQueryAndKey) {
   fs::remove_all(root);
 }
 
+// A fine-tuning stage with distillation from the source (the softmax model): its loss is the
+// cross-entropy plus a positive KL term, and a run stopped inside it resumes with the same bits
+// (the teacher is read again from model.source).
+TEST(TrainingStages, DistillationFromTheSourceResumesExactly) {
+  const fs::path root = fs::temp_directory_path() / "dijiang-stages-distill";
+  fs::remove_all(root);
+  Experiment e = staged_experiment(root / "straight");
+  e.stages = {e.stages[1]};
+  e.stages[0].begin = 0;
+  e.stages[0].distill_weight = 0.5;
+  e.stages[0].temperature = 2.0;
+  e.steps = 8;
+  const TrainOutcome straight = train(e, false);
+  Experiment split = e;
+  split.out_dir = (root / "split").string();
+  ASSERT_EQ(train(split, false, 5).step, 5);
+  const TrainOutcome resumed = train(split, true);
+  EXPECT_EQ(losses(root / "split"), losses(root / "straight"));
+  expect_same_checkpoints(straight.checkpoint, resumed.checkpoint);
+  // Without the term, the first step's loss is the cross-entropy alone: smaller.
+  Experiment plain = e;
+  plain.out_dir = (root / "plain").string();
+  plain.stages[0].distill_weight = 0.0;
+  train(plain, false, 1);
+  EXPECT_LT(losses(root / "plain").front(), losses(root / "straight").front());
+  fs::remove_all(root);
+}
+
 TEST(TrainingStages, TransferNeedsConvertedAttention) {
   const fs::path root = fs::temp_directory_path() / "dijiang-stages-softmax";
   fs::remove_all(root);

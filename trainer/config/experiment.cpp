@@ -278,7 +278,7 @@ struct StageSpec {
   std::optional<StageLoss> loss;
   std::optional<StageTrains> train;
   std::optional<int64_t> steps, warmup;
-  std::optional<double> lr, min_lr;
+  std::optional<double> lr, min_lr, distill_weight, temperature;
 };
 
 struct StageKey {
@@ -304,6 +304,10 @@ constexpr StageKey kStageKeys[] = {
     {"warmup", "integer", "schedule.warmup", "steps of linear warm-up at the start of the stage"},
     {"lr", "number", "optimizer.lr", "peak learning rate of the stage"},
     {"min_lr", "number", "optimizer.min_lr", "learning rate at the end of the stage's cosine decay"},
+    {"distill_weight", "number", "0",
+     "lm stages: adds distill_weight x temperature^2 x KL(teacher || model) of the next-token distributions to the "
+     "cross-entropy, the teacher being model.source (kept whole on every rank); 0: no teacher"},
+    {"temperature", "number", "1", "the distillation's softmax temperature"},
 };
 
 std::string closest_stage_key(const std::string& name) {
@@ -347,9 +351,11 @@ void assign_stage(StageSpec& stage, size_t index, const std::string& key, const 
     } else if (key == "steps" || key == "warmup") {
       if (!node.IsScalar()) wrong("an integer");
       (key == "steps" ? stage.steps : stage.warmup) = node.as<int64_t>();
-    } else if (key == "lr" || key == "min_lr") {
+    } else if (key == "lr" || key == "min_lr" || key == "distill_weight" || key == "temperature") {
       if (!node.IsScalar()) wrong("a number");
-      (key == "lr" ? stage.lr : stage.min_lr) = node.as<double>();
+      (key == "lr" ? stage.lr : key == "min_lr" ? stage.min_lr : key == "distill_weight" ? stage.distill_weight
+                                                                                         : stage.temperature) =
+          node.as<double>();
     } else {
       fail("{}: unknown key '{}' (did you mean 'stages[{}].{}'?)", where, path, index, closest_stage_key(key));
     }
@@ -394,7 +400,14 @@ void resolve_stages(Experiment& e, const std::vector<StageSpec>& specs, bool ste
     stage.warmup = spec.warmup.value_or(e.warmup);
     stage.lr = spec.lr.value_or(e.lr);
     stage.min_lr = spec.min_lr.value_or(e.min_lr);
+    stage.distill_weight = spec.distill_weight.value_or(0.0);
+    stage.temperature = spec.temperature.value_or(1.0);
     stage.begin = begin;
+    if (!(stage.distill_weight >= 0) || !(stage.temperature > 0))
+      fail("{}: stages[{}]: distill_weight must be at least 0 and temperature positive", file, i);
+    if (stage.distill_weight > 0 && stage.loss != StageLoss::LanguageModel)
+      fail("{}: stages[{}] ('{}') distils, but only an lm stage can: its loss is {}", file, i, stage.name,
+           choice_name(stage.loss));
     if (stage.steps < 1) fail("{}: 'stages[{}].steps' must be at least 1, got {}", file, i, stage.steps);
     if (stage.warmup < 0) fail("{}: 'stages[{}].warmup' must not be negative", file, i);
     if (!(stage.lr > 0) || !(stage.min_lr >= 0) || stage.min_lr > stage.lr)
@@ -715,7 +728,8 @@ std::string experiment_to_yaml(const Experiment& experiment) {
         << std::string(choice_name(stage.loss)) << YAML::Key << "train" << YAML::Value
         << std::string(choice_name(stage.train)) << YAML::Key << "steps" << YAML::Value << stage.steps << YAML::Key
         << "warmup" << YAML::Value << stage.warmup << YAML::Key << "lr" << YAML::Value << stage.lr << YAML::Key
-        << "min_lr" << YAML::Value << stage.min_lr << YAML::EndMap;
+        << "min_lr" << YAML::Value << stage.min_lr << YAML::Key << "distill_weight" << YAML::Value
+        << stage.distill_weight << YAML::Key << "temperature" << YAML::Value << stage.temperature << YAML::EndMap;
   out << YAML::EndSeq << YAML::EndMap;
   return out.c_str();
 }

@@ -24,6 +24,9 @@ struct Stage {
   StageTrains train = StageTrains::All;
   int64_t steps = 0, warmup = 0;
   double lr = 0.0, min_lr = 0.0;
+  // lm stages: with distill_weight > 0 the loss adds distill_weight · τ² · KL(teacher ‖ model) of
+  // the next-token distributions at temperature τ, the teacher being model.source.
+  double distill_weight = 0.0, temperature = 1.0;
   int64_t begin = 0;  // steps of the run before this stage
   int64_t end() const { return begin + steps; }
 };

@@ -217,6 +217,14 @@ class CpuOps {
     const auto r = cpu::softmax_cross_entropy<T>(logits, targets, rows, vocab, write_gradient, static_cast<T>(grad_scale));
     return {r.loss_sum, r.count};
   }
+  // cross_entropy plus weight · τ² · KL(softmax(teacher/τ) ‖ softmax(logits/τ)) per row, and its
+  // gradient (cpu::distill_cross_entropy); teacher [rows, vocab] on the backend.
+  LossSum distill_cross_entropy(Act* logits, const Act* teacher, const int32_t* targets, int64_t rows, int64_t vocab,
+                                bool write_gradient, double grad_scale, double weight, double temperature) {
+    const auto r = cpu::distill_cross_entropy<T>(logits, teacher, targets, rows, vocab, write_gradient,
+                                                 static_cast<T>(grad_scale), weight, temperature);
+    return {r.loss_sum, r.count};
+  }
   // Σ (a − b)² over n values (summed in double); with grad non-null, grad = grad_scale · (a − b)
   // (grad may alias a or b): the attention-transfer loss and its gradient.
   double squared_error(Act* grad, const Act* a, const Act* b, int64_t n, double grad_scale) {

@@ -352,6 +352,23 @@ void CudaOps<T>::adamw_step(float* params, float* m, float* v, const float* grad
 }
 
 template <typename T>
+LossSum CudaOps<T>::distill_cross_entropy(T* logits, const T* teacher, const int32_t* targets, int64_t rows,
+                                          int64_t vocab, bool write_gradient, double grad_scale, double weight,
+                                          double temperature) {
+  if (!(temperature > 0)) fail("distillation: the temperature must be positive, got {}", temperature);
+  Resources& r = *resources_;
+  if (static_cast<int64_t>(r.row_loss.size()) < rows) r.row_loss = cuda::DeviceArray<double>(static_cast<size_t>(rows));
+  if (r.totals.size() == 0) r.totals = cuda::DeviceArray<cuda::CrossEntropyTotals>(1);
+  cuda::distill_cross_entropy_async<T>(logits, teacher, targets, rows, vocab, write_gradient,
+                                       static_cast<float>(grad_scale), static_cast<float>(weight),
+                                       static_cast<float>(temperature), r.row_loss.get(), r.totals.get(), stream_);
+  cuda::CrossEntropyTotals totals{};
+  download(&totals, r.totals.get(), 1);
+  if (totals.invalid > 0) fail("{} target id(s) are not below the vocabulary size {}", totals.invalid, vocab);
+  return {totals.loss_sum, static_cast<int64_t>(totals.count)};
+}
+
+template <typename T>
 double CudaOps<T>::squared_error(T* grad, const T* a, const T* b, int64_t n, double grad_scale) {
   Resources& r = *resources_;
   if (r.sum.size() == 0) r.sum = cuda::DeviceArray<double>(1);

@@ -130,6 +130,9 @@ class CudaOps {
                                 int64_t channels, int64_t groups);
   LossSum cross_entropy(T* logits, const int32_t* targets, int64_t rows, int64_t vocab, bool write_gradient,
                         double grad_scale);
+  // As CpuOps::distill_cross_entropy (waits for the totals).
+  LossSum distill_cross_entropy(T* logits, const T* teacher, const int32_t* targets, int64_t rows, int64_t vocab,
+                                bool write_gradient, double grad_scale, double weight, double temperature);
   // As CpuOps::squared_error (waits for the sum).
   double squared_error(T* grad, const T* a, const T* b, int64_t n, double grad_scale);
 

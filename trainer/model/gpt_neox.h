@@ -102,11 +102,23 @@ class GPTNeoXModel {
   // pass (logits() then holds that gradient), so a training step computes the softmax once.
   // `gradient_weight` scales the gradient the following backward computes (the gradient of
   // gradient_weight × mean loss), so micro-batches of different sizes combine into one mean.
+  //
+  // With a Distillation (for_backward only) every prediction's loss adds
+  // weight · τ² · KL(softmax(teacher/τ) ‖ softmax(logits/τ)): the distance to a teacher's next-token
+  // distribution at temperature τ (docs/training.md).
+  struct Distillation {
+    const Act* teacher_logits = nullptr;  // [batch·seq, vocab] on the backend, for the same ids
+    double weight = 0.0, temperature = 1.0;
+  };
   double forward(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward = false,
-                 double gradient_weight = 1.0);
+                 double gradient_weight = 1.0, const Distillation* distillation = nullptr);
   // As forward, with the sum of losses and the number of predictions.
   LossSum forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward = false,
-                           double gradient_weight = 1.0);
+                           double gradient_weight = 1.0, const Distillation* distillation = nullptr);
+  // The logits [batch·seq, vocab] of ids, computed a layer at a time as evaluate() does, without
+  // anything kept for a backward pass: a distillation teacher's. Valid until the next call of
+  // logits_of, evaluate or decode.
+  const Array<Act>& logits_of(const int32_t* ids, int64_t batch, int64_t seq);
   // Accumulates (+=) the gradient of the last forward's weighted mean loss into the gradients.
   // The logits buffer is consumed (overwritten by its gradient).
   void backward();

@@ -349,14 +349,27 @@ void GPTNeoXModel<Ops>::trunk_forward(Activations& a, bool keep_layers) {
 
 template <class Ops>
 double GPTNeoXModel<Ops>::forward(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward,
-                                  double gradient_weight) {
-  const LossSum loss = forward_loss_sum(ids, batch, seq, for_backward, gradient_weight);
+                                  double gradient_weight, const Distillation* distillation) {
+  const LossSum loss = forward_loss_sum(ids, batch, seq, for_backward, gradient_weight, distillation);
   return loss.count > 0 ? loss.sum / static_cast<double>(loss.count) : 0.0;
 }
 
 template <class Ops>
+auto GPTNeoXModel<Ops>::logits_of(const int32_t* ids, int64_t batch, int64_t seq) -> const Array<Act>& {
+  Activations& a = eval_;
+  const int64_t N = batch * seq, D = config_.hidden_size, V = config_.vocab_size;
+  prepare(a, ids, batch, seq, false, N);
+  trunk_forward(a, false);
+  ops_.linear_forward(a.logits.data(), a.final_ln.data(), output_embedding(), nullptr, N, D, V);
+  drop_parameters(head_segment());
+  if (config_.tie_word_embeddings) drop_parameters(0);
+  return a.logits;
+}
+
+template <class Ops>
 LossSum GPTNeoXModel<Ops>::forward_loss_sum(const int32_t* ids, int64_t batch, int64_t seq, bool for_backward,
-                                            double gradient_weight) {
+                                            double gradient_weight, const Distillation* distillation) {
+  if (distillation != nullptr && !for_backward) fail("a forward pass with distillation must be for a backward pass");
   Activations& a = acts_;
   prepare(a, ids, batch, seq, true, batch * seq);
   a.gradient_weight = gradient_weight;
@@ -368,7 +381,11 @@ LossSum GPTNeoXModel<Ops>::forward_loss_sum(const int32_t* ids, int64_t batch, i
   // Without for_backward the logits stay intact for the caller and a later backward computes
   // their gradient; with it the gradient of the weighted mean loss replaces them now.
   const double grad_scale = a.predictions > 0 ? gradient_weight / static_cast<double>(a.predictions) : 0.0;
-  const LossSum loss = ops_.cross_entropy(a.logits.data(), a.targets.data(), N, V, for_backward, grad_scale);
+  const LossSum loss =
+      distillation != nullptr
+          ? ops_.distill_cross_entropy(a.logits.data(), distillation->teacher_logits, a.targets.data(), N, V, true,
+                                       grad_scale, distillation->weight, distillation->temperature)
+          : ops_.cross_entropy(a.logits.data(), a.targets.data(), N, V, for_backward, grad_scale);
   a.logits_state = for_backward ? LogitsState::Gradient : LogitsState::Logits;
   return loss;
 }

@@ -33,7 +33,18 @@ class ShardedTraining : public TrainingState {
   void set_masks(const std::vector<uint8_t>& decay, const std::vector<uint8_t>& update) override {
     state_.set_masks(decay, update);
   }
-  void set_objective(StageLoss loss) override { objective_ = loss; }
+  void set_objective(StageLoss loss, double distill_weight, double temperature) override {
+    if (distill_weight > 0 && !teacher_) fail("distillation needs a teacher model");
+    objective_ = loss;
+    distill_weight_ = distill_weight;
+    temperature_ = temperature;
+  }
+  void set_distillation_teacher(const ModelConfig& config, const TensorMap& tensors,
+                                const std::string& source) override {
+    teacher_ = std::make_unique<GPTNeoXModel<Ops>>(config, model_.ops());
+    check_tensors(teacher_->layout(), config, tensors, source);
+    teacher_->load(tensors, source);
+  }
   void reset_moments() override { state_.reset_moments(); }
   void set_transfer_teacher(const std::vector<std::vector<float>>& qkv_weights,
                             const std::vector<std::vector<float>>& qkv_biases) override {
@@ -48,11 +59,13 @@ class ShardedTraining : public TrainingState {
       model_.transfer(ids, 1, tokens, 0.0);
       return 0.0;
     }
-    double loss = 0.0;
-    if (count > 0)
-      loss = weight * model_.forward(ids, count, tokens, true, weight);
-    else
-      model_.forward(ids, 1, tokens, true, 0.0);
+    const int64_t sequences = count > 0 ? count : 1;
+    typename GPTNeoXModel<Ops>::Distillation distillation;
+    if (distill_weight_ > 0)
+      distillation = {teacher_->logits_of(ids, sequences, tokens).data(), distill_weight_, temperature_};
+    const double mean = model_.forward(ids, sequences, tokens, true, count > 0 ? weight : 0.0,
+                                       distill_weight_ > 0 ? &distillation : nullptr);
+    const double loss = count > 0 ? weight * mean : 0.0;
     model_.backward();
     return loss;
   }
@@ -79,6 +92,8 @@ class ShardedTraining : public TrainingState {
   GPTNeoXModel<Ops> model_;
   ShardedState<Ops> state_;
   StageLoss objective_ = StageLoss::LanguageModel;
+  double distill_weight_ = 0.0, temperature_ = 1.0;
+  std::unique_ptr<GPTNeoXModel<Ops>> teacher_;  // the distillation teacher (whole on every rank)
 };
 
 }  // namespace dj

@@ -145,6 +145,7 @@ class Run {
       if (!from.empty()) restore(source.metadata, from);
     }
     load_transfer_teacher();
+    load_distillation_teacher();
     if (from.empty() && rank_ == 0) std::ofstream(metrics_path(), std::ios::trunc);
 
     if (e_.order == DataOrder::Pythia && !e_.train_tokens.ends_with(".npy")) {
@@ -338,6 +339,26 @@ class Run {
 
   void load(const TrainingState::Reader& read, bool with_moments) { state_->load(read, with_moments); }
 
+  // Stages that distil take the next-token distribution of model.source as it is on disk (read
+  // again on resume): a whole second model on every rank.
+  void load_distillation_teacher() {
+    if (std::none_of(e_.stages.begin(), e_.stages.end(), [](const Stage& s) { return s.distill_weight > 0; }))
+      return;
+    const fs::path path = e_.model_source;
+    if (fs::is_regular_file(path) && path.extension() == ".json")
+      fail("a stage distils from model.source, but {} is a config to train from scratch: there is no teacher",
+           path.string());
+    const ModelSource source = read_model_source(path);
+    if (source.config.vocab_size != config_.vocab_size)
+      fail("{}: the distillation teacher's vocabulary ({}) differs from the model's ({})", path.string(),
+           source.config.vocab_size, config_.vocab_size);
+    state_->set_distillation_teacher(source.config, source.tensors, path.string());
+    if (rank_ == 0)
+      spdlog::info("distillation: the teacher is {} ({} attention, {:.2f}M parameters, whole on every rank)",
+                   path.string(), source.config.is_dijiang() ? "converted" : "softmax",
+                   static_cast<double>(source.config.parameter_count()) / 1e6);
+  }
+
   // Attention-transfer stages that train q and k compute the teacher from the source's own
   // query_key_value, read again from model.source (on resume too, when the run's have moved).
   void load_transfer_teacher() {
@@ -386,7 +407,7 @@ class Run {
     stage_ = index;
     build_masks(stage);
     state_->set_masks(decay_, update_);
-    state_->set_objective(stage.loss);
+    state_->set_objective(stage.loss, stage.distill_weight, stage.temperature);
     if (step_ == stage.begin && index > 0) state_->reset_moments();
     if (rank_ != 0) return;
     const char* which = stage.train == StageTrains::All     ? "every trainable tensor"
@@ -395,8 +416,12 @@ class Run {
     const std::string what = fmt::format("steps {} -> {}, lr {:.3g} -> {:.3g}, warm-up {}; training {:.2f}M values ({})",
                                          step_, stage.end(), stage.lr, stage.min_lr, stage.warmup,
                                          static_cast<double>(trained_values_) / 1e6, which);
+    const std::string loss = stage.distill_weight > 0
+                                 ? fmt::format("{} + {:g} x distillation at temperature {:g}", choice_name(stage.loss),
+                                               stage.distill_weight, stage.temperature)
+                                 : std::string(choice_name(stage.loss));
     if (e_.explicit_stages)
-      spdlog::info("stage {}/{} '{}' ({}): {}", index + 1, e_.stages.size(), stage.name, choice_name(stage.loss), what);
+      spdlog::info("stage {}/{} '{}' ({}): {}", index + 1, e_.stages.size(), stage.name, loss, what);
     else
       spdlog::info("schedule: {}", what);
   }

@@ -37,8 +37,13 @@ class TrainingState {
   virtual void set_masks(const std::vector<uint8_t>& decay, const std::vector<uint8_t>& update) = 0;
 
   // What micro_batch minimises from now on (the stage's loss): the language model's cross-entropy
-  // (the default) or the attention-transfer loss (GPTNeoXModel::transfer).
-  virtual void set_objective(StageLoss loss) = 0;
+  // (the default), with distill_weight > 0 plus the distillation term at `temperature` (a teacher
+  // must have been set), or the attention-transfer loss (GPTNeoXModel::transfer).
+  virtual void set_objective(StageLoss loss, double distill_weight, double temperature) = 0;
+  // The distillation teacher: a whole model on every rank, with `tensors` (checked against
+  // `config`; `source` names them in errors), used only to compute next-token logits.
+  virtual void set_distillation_teacher(const ModelConfig& config, const TensorMap& tensors,
+                                        const std::string& source) = 0;
   // The source's query_key_value weights and biases per layer, from which attention transfer then
   // computes the teacher (GPTNeoXModel::set_transfer_teacher); every rank holds all of them.
   virtual void set_transfer_teacher(const std::vector<std::vector<float>>& qkv_weights,
