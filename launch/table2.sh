@@ -3,7 +3,7 @@
 # has, each with and without an attention-transfer stage, at 1/16 of the teacher's training
 # tokens, and their validation perplexity and zero-shot scores side by side.
 #
-#   launch/table2.sh [OUT]        (default runs/table2; about 35 minutes on 2 cores)
+#   launch/table2.sh [OUT]        (default runs/table2; about 50 minutes on 2 cores)
 #
 #  1. the shipped corpus (data/corpus, Vim documentation) is tokenized as in launch/demo.sh and
 #     the demo's softmax teacher (configs/demo/teacher.yaml, 400 steps of 8 x 128 tokens) is
@@ -11,8 +11,9 @@
 #  2. every method below is converted from it and trained for 25 steps of 8 x 128 tokens
 #     (1/16 of the teacher's) with two recipes, for seeds 0 and 1 of the conversion
 #     (model.dijiang.seed: the frequencies and the gate's initialisation):
-#       lm        25 steps of language-model fine-tuning    (configs/table2/lm.yaml)
-#       transfer  8 steps of attention transfer, then 17 of fine-tuning (configs/table2/transfer.yaml)
+#       lm           25 steps of language-model fine-tuning (configs/table2/lm.yaml)
+#       transfer     8 steps of attention transfer, then 17 of fine-tuning (configs/table2/transfer.yaml)
+#       transfer-kd  the same, the fine-tuning distilling the teacher (configs/table2/transfer-kd.yaml)
 #     methods: DiJiang (DCT, quasi-Monte-Carlo frequencies), DiJiang with Monte-Carlo frequencies,
 #     a Gaussian projection in place of the DCT, and RetNet-style retention (no feature map);
 #  3. each final checkpoint is evaluated on the held-out chapters (perplexity) and on the tasks
@@ -57,7 +58,7 @@ methods=("DiJiang|dijiang|model.attention=dijiang"
          "DiJiang, MC frequencies|dijiang-mc|model.attention=dijiang model.dijiang.sampling=mc"
          "Gaussian projection (no DCT)|gaussian|model.attention=dijiang model.dijiang.projection=gaussian"
          "RetNet-style (no feature map)|retnet|model.attention=retnet")
-recipes=(lm transfer)
+recipes=(lm transfer transfer-kd)
 seeds=(0 1)
 for method in "${methods[@]}"; do
   IFS='|' read -r _ key overrides <<<"$method"
@@ -108,7 +109,7 @@ for method in "${methods[@]}"; do
   for recipe in "${recipes[@]}"; do plot_runs+=(--run "$key, $recipe=$OUT/$key-$recipe-0"); done
 done
 "$DIJIANG" -q plot --metric valid_ppl --out "$OUT/validation.png" \
-  --title "Validation perplexity during conversion (seed 0; teacher $t_ppl)" "${plot_runs[@]}"
+  --title "$(printf "Validation perplexity during conversion (seed 0; teacher %.2f)" "$t_ppl")" "${plot_runs[@]}"
 
 # The table: per method and recipe, each seed's perplexity, their mean and its gap to the teacher,
 # and the seeds' mean zero-shot scores.

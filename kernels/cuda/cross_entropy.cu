@@ -77,6 +77,28 @@ __device__ __forceinline__ void unpack(const Pack<T, V>& pack, float (&v)[V]) {
   for (int k = 0; k < V; ++k) v[k] = to_f32(pack.v[k]);
 }
 
+// The (max, sum of exp) pair of a block's values: warps by shuffles, then the warps' pairs in warp
+// order, so every thread ends with the same pair.
+__device__ __forceinline__ void block_merge(float& m, float& s, float* s_max, float* s_sum) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
+    const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
+    merge(m, s, m2, s2);
+  }
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  __syncthreads();  // the scratch may still be read from a previous reduction
+  if (lane == 0) {
+    s_max[warp] = m;
+    s_sum[warp] = s;
+  }
+  __syncthreads();
+  m = s_max[0];
+  s = s_sum[0];
+  for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) merge(m, s, s_max[w], s_sum[w]);
+}
+
 template <typename T, int V, bool kGradient>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     cross_entropy_kernel(T* logits, const int32_t* targets, int64_t vocab, float grad_scale,
@@ -124,23 +146,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
     accumulate<V>(m, s, va);
   }
 
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
-    const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
-    merge(m, s, m2, s2);
-  }
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  if (lane == 0) {
-    s_max[warp] = m;
-    s_sum[warp] = s;
-  }
-  __syncthreads();
-  float row_max = s_max[0];
-  float row_sum = s_sum[0];
-  const int warps = blockDim.x >> 5;
-  for (int w = 1; w < warps; ++w) merge(row_max, row_sum, s_max[w], s_sum[w]);
+  block_merge(m, s, s_max, s_sum);
+  const float row_max = m;
+  const float row_sum = s;
 
   if (threadIdx.x == 0)
     row_loss[row] = log(static_cast<double>(row_sum)) -
@@ -160,28 +168,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
       store_pack<V>(lr + q * V, out);
     }
   }
-}
-
-// The (max, sum of exp) pair of a block's values: warps by shuffles, then the warps' pairs in warp
-// order, so every thread ends with the same pair.
-__device__ __forceinline__ void block_merge(float& m, float& s, float* s_max, float* s_sum) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float m2 = __shfl_xor_sync(0xffffffffu, m, offset);
-    const float s2 = __shfl_xor_sync(0xffffffffu, s, offset);
-    merge(m, s, m2, s2);
-  }
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  __syncthreads();  // the scratch may still be read from a previous reduction
-  if (lane == 0) {
-    s_max[warp] = m;
-    s_sum[warp] = s;
-  }
-  __syncthreads();
-  m = s_max[0];
-  s = s_sum[0];
-  for (int w = 1; w < static_cast<int>(blockDim.x >> 5); ++w) merge(m, s, s_max[w], s_sum[w]);
 }
 
 // One row per block: the softmaxes of z, z/τ and t/τ by online (max, sum) pairs, then the KL's

@@ -15,8 +15,10 @@ expect_failure "train needs an experiment" "$DIJIANG" train
 # Every experiment key describes itself, in --list-keys and in train --help.
 keys="$("$DIJIANG" train --list-keys)"
 grep -q "^model.dijiang.form  *parallel | chunkwise | recurrent, default chunkwise$" <<<"$keys" || die "--list-keys: $keys"
-[ "$(grep -c '^[a-z]' <<<"$keys")" -eq 37 ] || die "--list-keys does not list 37 keys"
-"$DIJIANG" train --help | grep -q "^distributed.zero_stage  *integer, default 0$" || die "train --help lists no keys"
+[ "$(grep -c '^[a-z]' <<<"$keys")" -eq 46 ] || die "--list-keys does not list 46 keys (37 and 9 of each stage)"
+help="$("$DIJIANG" train --help)"  # whole: grep -q on a pipe would stop the writer early
+grep -q "^distributed.zero_stage  *integer, default 0$" <<<"$help" || die "train --help lists no keys"
+grep -q "^stages\[\].distill_weight  *number, default 0$" <<<"$help" || die "train --help lists no stage keys"
 
 # Truncated weights.
 mkdir -p "$WORK/truncated"
