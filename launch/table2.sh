@@ -3,7 +3,7 @@
 # has, each with and without an attention-transfer stage, at 1/16 of the teacher's training
 # tokens, and their validation perplexity and zero-shot scores side by side.
 #
-#   launch/table2.sh [OUT]        (default runs/table2; about 50 minutes on 2 cores)
+#   launch/table2.sh [OUT]        (default runs/table2; about an hour on 2 cores)
 #
 #  1. the shipped corpus (data/corpus, Vim documentation) is tokenized as in launch/demo.sh and
 #     the demo's softmax teacher (configs/demo/teacher.yaml, 400 steps of 8 x 128 tokens) is
@@ -103,9 +103,10 @@ for method in "${methods[@]}"; do
   done
 done
 
+# The curves of DiJiang and of RetNet-style retention, the first and the last rows of the table,
+# in each recipe (twelve curves would repeat the plot's colours).
 plot_runs=()
-for method in "${methods[@]}"; do
-  IFS='|' read -r name key _ <<<"$method"
+for key in dijiang retnet; do
   for recipe in "${recipes[@]}"; do plot_runs+=(--run "$key, $recipe=$OUT/$key-$recipe-0"); done
 done
 "$DIJIANG" -q plot --metric valid_ppl --out "$OUT/validation.png" \
@@ -132,8 +133,8 @@ done
 {
   echo "# Conversion results (launch/table2.sh)"
   echo
-  echo "Written by \`launch/table2.sh $OUT\` on $(date -u +%Y-%m-%d) in $(( ($(date +%s) - started) / 60 )) minutes"
-  echo "($("$DIJIANG" --version | head -1); $(nproc) CPU threads)."
+  echo "Written by \`launch/table2.sh $OUT\` on $(date -u +%Y-%m-%d) ($("$DIJIANG" --version | head -1), $(nproc) CPU"
+  echo "threads); this invocation took $(( ($(date +%s) - started) / 60 )) minutes, reusing the runs and scores already in $OUT."
   echo
   cat "$OUT/table.md"
 } >"$OUT/results.md"
