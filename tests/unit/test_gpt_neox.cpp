@@ -188,5 +188,35 @@ TEST(GPTNeoX, RejectsOutOfRangeTokenIds) {
   EXPECT_THROW(evaluate_windows<float>(source, ids, 16, 2), Error);
 }
 
+// Sizes a hostile config.json could give: each is refused with one message before anything
+// multiplies them (found by fuzzing: the parameter count overflowed int64).
+TEST(GPTNeoX, ConfigRefusesSizesBeyondWhatItCanAddress) {
+  const nlohmann::json base = {{"vocab_size", 50}, {"hidden_size", 16}, {"num_hidden_layers", 2},
+                               {"num_attention_heads", 2}};
+  EXPECT_NO_THROW(ModelConfig::from_hf_json(base, "config.json"));
+  const auto refused = [&](const nlohmann::json& patch, const std::string& message) {
+    nlohmann::json json = base;
+    json.update(patch);
+    try {
+      ModelConfig::from_hf_json(json, "config.json");
+      ADD_FAILURE() << patch.dump() << " was accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+  };
+  refused({{"vocab_size", int64_t{4} << 60}}, "sizes must be below 2^31");
+  refused({{"hidden_size", int64_t{1} << 31}}, "sizes must be below 2^31");
+  refused({{"max_position_embeddings", int64_t{1} << 40}}, "sizes must be below 2^31");
+  refused({{"hidden_size", int64_t{1} << 24}}, "more than this program can address");
+  refused({{"num_hidden_layers", int64_t{1} << 30}, {"hidden_size", 1024}}, "more than this program can address");
+  nlohmann::json large = base;  // Pythia-12B's sizes are far inside the bound.
+  large["vocab_size"] = 50688;
+  large["hidden_size"] = 5120;
+  large["num_hidden_layers"] = 36;
+  large["num_attention_heads"] = 40;
+  large["intermediate_size"] = 20480;
+  EXPECT_GT(ModelConfig::from_hf_json(large, "config.json").parameter_count(), int64_t{11'000'000'000});
+}
+
 }  // namespace
 }  // namespace dj

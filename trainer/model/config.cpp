@@ -127,6 +127,19 @@ ModelConfig ModelConfig::from_hf_json(const nlohmann::json& json, const std::str
   if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.num_layers <= 0 || c.num_heads <= 0 ||
       c.intermediate_size <= 0 || c.max_position_embeddings <= 0)
     fail("{}: sizes must be positive", source);
+  // Each size must fit the kernels' 32-bit shapes, and the parameter count (computed here in double,
+  // so that a hostile file cannot overflow it) must stay far inside int64.
+  constexpr int64_t kMaxSize = int64_t{1} << 31;
+  if (c.vocab_size >= kMaxSize || c.hidden_size >= kMaxSize || c.num_layers >= kMaxSize ||
+      c.num_heads >= kMaxSize || c.intermediate_size >= kMaxSize || c.max_position_embeddings >= kMaxSize)
+    fail("{}: sizes must be below 2^31", source);
+  {
+    const double D = static_cast<double>(c.hidden_size), F = static_cast<double>(c.intermediate_size);
+    const double per_layer = 6.0 * D * D + 2.0 * D * F + 16.0 * D + F;  // attention and conversion included
+    const double total = static_cast<double>(c.vocab_size) * D * 2.0 + static_cast<double>(c.num_layers) * per_layer;
+    if (total > 0x1p50)
+      fail("{}: these sizes give about {:.3g} parameters, more than this program can address", source, total);
+  }
   if (c.hidden_size % c.num_heads != 0)
     fail("{}: hidden_size {} is not divisible by num_attention_heads {}", source, c.hidden_size, c.num_heads);
   if (!(c.rotary_pct >= 0.0 && c.rotary_pct <= 1.0)) fail("{}: rotary_pct must lie in [0, 1]", source);
