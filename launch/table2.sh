@@ -15,7 +15,9 @@
 #       transfer     8 steps of attention transfer, then 17 of fine-tuning (configs/table2/transfer.yaml)
 #       transfer-kd  the same, the fine-tuning distilling the teacher (configs/table2/transfer-kd.yaml)
 #     methods: DiJiang (DCT, quasi-Monte-Carlo frequencies), DiJiang with Monte-Carlo frequencies,
-#     a Gaussian projection in place of the DCT, and RetNet-style retention (no feature map);
+#     a Gaussian projection in place of the DCT, RetNet-style retention (no feature map), and the
+#     normalised linear attentions Performer (FAVOR+), cosFormer and elu + 1 (docs/method.md,
+#     section 8; TABLE2_METHODS="KEY ..." restricts the run to some of them);
 #  3. each final checkpoint is evaluated on the held-out chapters (perplexity) and on the tasks
 #     made from them (data/tasks: multiple choice acc_norm, cloze accuracy and perplexity), and
 #     OUT/results.md and OUT/validation.png are written (docs/results.md is one such run).
@@ -57,7 +59,20 @@ echo "== 2. conversions"
 methods=("DiJiang|dijiang|model.attention=dijiang"
          "DiJiang, MC frequencies|dijiang-mc|model.attention=dijiang model.dijiang.sampling=mc"
          "Gaussian projection (no DCT)|gaussian|model.attention=dijiang model.dijiang.projection=gaussian"
-         "RetNet-style (no feature map)|retnet|model.attention=retnet")
+         "RetNet-style (no feature map)|retnet|model.attention=retnet"
+         "Performer (FAVOR+)|performer|model.attention=performer"
+         "cosFormer|cosformer|model.attention=cosformer"
+         "elu + 1|elu|model.attention=elu")
+# TABLE2_METHODS="performer elu" (keys, space-separated) runs and tabulates only those methods.
+if [ -n "${TABLE2_METHODS:-}" ]; then
+  chosen=()
+  for method in "${methods[@]}"; do
+    IFS='|' read -r _ key _ <<<"$method"
+    [[ " $TABLE2_METHODS " == *" $key "* ]] && chosen+=("$method")
+  done
+  [ ${#chosen[@]} -gt 0 ] || { echo "TABLE2_METHODS=$TABLE2_METHODS names no method" >&2; exit 1; }
+  methods=("${chosen[@]}")
+fi
 recipes=(lm transfer transfer-kd)
 seeds=(0 1)
 for method in "${methods[@]}"; do
@@ -107,9 +122,10 @@ done
 # in each recipe (twelve curves would repeat the plot's colours).
 plot_runs=()
 for key in dijiang retnet; do
+  [ -d "$OUT/$key-lm-0" ] || continue
   for recipe in "${recipes[@]}"; do plot_runs+=(--run "$key, $recipe=$OUT/$key-$recipe-0"); done
 done
-"$DIJIANG" -q plot --metric valid_ppl --out "$OUT/validation.png" \
+[ ${#plot_runs[@]} -eq 0 ] || "$DIJIANG" -q plot --metric valid_ppl --out "$OUT/validation.png" \
   --title "$(printf "Validation perplexity during conversion (seed 0; teacher %.2f)" "$t_ppl")" "${plot_runs[@]}"
 
 # The table: per method and recipe, each seed's perplexity, their mean and its gap to the teacher,

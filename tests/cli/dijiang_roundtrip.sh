@@ -52,7 +52,7 @@ close "$(json_field "$reimported" loss)" "$(json_field "$native" loss)" 1e-6 || 
 "$DIJIANG" -q convert --from "$MODEL" --to "$WORK/weighted.h5" --attention dijiang --feature-weights
 expect_failure "has no learned feature weights" "$DIJIANG" export --from "$WORK/weighted.h5" --to "$WORK/w" --format hf
 [ ! -e "$WORK/w" ] || die "a refused export left a directory"
-expect_failure "--dijiang-form applies to DiJiang models" \
+expect_failure "--dijiang-form applies to converted models" \
   "$DIJIANG" eval --model "$MODEL" --tokens "$TOKENS" --seq-len 100 --dijiang-form parallel
 expect_failure "--seed requires --attention" "$DIJIANG" convert --from "$MODEL" --to "$WORK/x.h5" --seed 3
 expect_failure "already has DiJiang attention" "$DIJIANG" convert --from "$WORK/dj.h5" --to "$WORK/x.h5" --attention dijiang
@@ -82,3 +82,28 @@ expect_failure "has a feature map" "$DIJIANG" -q export --from "$WORK/retnet.h5"
 expect_failure "no feature map, but --projection is gaussian" \
   "$DIJIANG" -q convert --from "$MODEL" --to "$WORK/x.h5" --attention retnet --projection gaussian
 echo "ok: retnet and gaussian variants convert, evaluate (f32 chunkwise = f64 parallel) and are refused where they must be"
+
+# The normalised linear-attention baselines: each converts (only the performer adds a tensor, its
+# fixed projection), reports itself, evaluates in f32 chunkwise as in f64 parallel, and is refused by
+# export (no layout outside this program loads it).
+softmax_tensors=$(json_field "$("$DIJIANG" -q inspect --model "$MODEL" --json)" tensors)
+for baseline in performer cosformer elu; do
+  "$DIJIANG" -q convert --from "$MODEL" --to "$WORK/$baseline.h5" --attention "$baseline" --seed 3 --chunk 16
+  "$DIJIANG" -q inspect --model "$WORK/$baseline.h5" | grep -q "attention $baseline (normalised linear attention" \
+    || die "inspect does not report $baseline: $("$DIJIANG" -q inspect --model "$WORK/$baseline.h5")"
+  added=$(( $(json_field "$("$DIJIANG" -q inspect --model "$WORK/$baseline.h5" --json)" tensors) - softmax_tensors ))
+  if [ "$baseline" = performer ]; then [ "$added" -eq 2 ] || die "the performer adds $added tensors, not 2 projections"
+  else [ "$added" -eq 0 ] || die "$baseline adds $added tensors"; fi
+  fast=$(loss "$WORK/$baseline.h5")
+  exact=$("$DIJIANG" -q eval --model "$WORK/$baseline.h5" --tokens "$TOKENS" --seq-len 100 --batch 4 --precision f64 \
+    --dijiang-form parallel --json)
+  close "$(json_field "$fast" loss)" "$(json_field "$exact" loss)" 1e-6 || die "$baseline: f32 chunkwise $fast vs f64 $exact"
+  expect_failure "neither Hugging Face nor the reference DiJiang code" \
+    "$DIJIANG" -q export --from "$WORK/$baseline.h5" --to "$WORK/$baseline-hf" --format hf
+  [ ! -e "$WORK/$baseline-hf" ] || die "a refused export left $WORK/$baseline-hf"
+done
+expect_failure "takes --seed, --chunk and --form only" \
+  "$DIJIANG" -q convert --from "$MODEL" --to "$WORK/x.h5" --attention elu --sampling mc
+expect_failure "already has performer attention" \
+  "$DIJIANG" -q convert --from "$WORK/performer.h5" --to "$WORK/x.h5" --attention dijiang
+echo "ok: the performer, cosformer and elu baselines convert, evaluate (f32 chunkwise = f64 parallel) and are refused by export"

@@ -138,6 +138,28 @@ DJ_GPU_CHECK(model_transfer) {
   compare_transfer<__nv_bfloat16>(ctx, "bf16 parallel DiJiang", small_config(true, false, true), 1e-2, 0.25);
 }
 
+// The normalised linear-attention baselines through the whole model: features, the decayed kernels
+// at γ = 1 over [v, 1], the normalisation; and the transfer pass's loss (they add no trainable tensor).
+ModelConfig linear_config(cpu::LinearFeatureMap map, bool parallel) {
+  ModelConfig c = small_config(parallel, !parallel, false);
+  c.attention = AttentionKind::Linear;
+  c.linear.feature_map = map;
+  c.linear.chunk = 16;
+  c.max_position_embeddings = 64;  // cosformer: angles that vary over the 37 positions
+  return c;
+}
+
+DJ_GPU_CHECK(model_linear) {
+  for (const cpu::LinearFeatureMap map :
+       {cpu::LinearFeatureMap::Performer, cpu::LinearFeatureMap::CosFormer, cpu::LinearFeatureMap::Elu}) {
+    const std::string name = std::string(choice_name(map));
+    compare_model<float>(ctx, "fp32 parallel " + name, linear_config(map, true), 1e-5, 1e-4);
+    compare_model<float>(ctx, "fp32 sequential tied " + name, linear_config(map, false), 1e-5, 1e-4);
+    compare_model<__nv_bfloat16>(ctx, "bf16 parallel " + name, linear_config(map, true), 1e-2, 5e-2);
+    compare_transfer<float>(ctx, "fp32 parallel " + name, linear_config(map, true), 1e-5, 1e-4);
+  }
+}
+
 DJ_GPU_CHECK(model_fp32) {
   compare_model<float>(ctx, "fp32 parallel softmax", small_config(true, false, false), 1e-5, 1e-4);
   compare_model<float>(ctx, "fp32 sequential tied softmax", small_config(false, true, false), 1e-5, 1e-4);

@@ -156,7 +156,7 @@ sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanit
 status=0
 for tool in racecheck synccheck memcheck; do
   echo "== compute-sanitizer --tool $tool"
-  "$sanitizer" --tool "$tool" --error-exitcode 3 "$1" --filter dijiang_decay_attention,causal_attention,dijiang_feature_map,dijiang_group_norm_gate \
+  "$sanitizer" --tool "$tool" --error-exitcode 3 "$1" --filter dijiang_decay_attention,causal_attention,dijiang_feature_map,dijiang_group_norm_gate,linear_feature_map,linear_normalize \
     --case-timeout 60 --budget "$2" || status=1
 done
 exit $status'

@@ -77,22 +77,25 @@ inline void finite_difference_check(const ModelConfig& config) {
   }
 }
 
-// The loss and gradients of `config` (a DiJiang config, with learnable decay and feature weights
-// set here) in its three attention forms, fp64: parallel is the reference, chunkwise and recurrent
+// The loss and gradients of `config` (a converted config; DiJiang's with learnable decay and feature
+// weights set here) in its three attention forms, fp64: parallel is the reference, chunkwise and recurrent
 // must agree with it to 1e-12 in the loss and 1e-10 in the gradients.
 inline void three_forms_agree(ModelConfig config) {
-  config.dijiang.learnable_decay = true;
-  config.dijiang.feature_weights = true;
+  if (config.is_dijiang()) {
+    config.dijiang.learnable_decay = true;
+    config.dijiang.feature_weights = true;
+  }
   std::vector<double> reference_grads;
   double reference_loss = 0.0;
   for (const cpu::DecayForm form : {cpu::DecayForm::Parallel, cpu::DecayForm::Chunkwise, cpu::DecayForm::Recurrent}) {
     SCOPED_TRACE(std::string(choice_name(form)));
     config.dijiang.form = form;
+    config.linear.form = form;
     GPTNeoX<double> model(config);
     std::mt19937_64 rng(11);
     std::normal_distribution<double> normal(0.0, 0.3);
     for (auto& p : model.parameters()) p = normal(rng);
-    for (int64_t l = 0; l < config.num_layers; ++l) {
+    for (int64_t l = 0; l < config.num_layers && config.is_dijiang(); ++l) {
       const std::vector<double> schedule = reference_log_gamma(config.num_heads);
       std::copy(schedule.begin(), schedule.end(),
                 model.parameters().begin() + model.layout().view(layer_prefix(l) + "attention.log_gamma").offset);

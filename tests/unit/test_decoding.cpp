@@ -46,6 +46,15 @@ std::vector<Case> cases() {
     c.dijiang.chunk = 4;
     out.push_back({"dijiang_projection_" + std::string(choice_name(projection)), c});
   }
+  for (const cpu::LinearFeatureMap map :
+       {cpu::LinearFeatureMap::Performer, cpu::LinearFeatureMap::CosFormer, cpu::LinearFeatureMap::Elu}) {
+    ModelConfig c = test::tiny_config(true, "gelu");
+    c.attention = AttentionKind::Linear;
+    c.linear.feature_map = map;
+    c.linear.chunk = 4;
+    c.max_position_embeddings = 24;  // cosformer: angles far apart within 17 positions
+    out.push_back({"linear_" + std::string(choice_name(map)), c});
+  }
   ModelConfig every = test::tiny_config(false, "gelu");
   every.attention = AttentionKind::DiJiang;
   every.dijiang.chunk = 3;
@@ -106,6 +115,7 @@ TEST(Decoding, GreedyEqualsTheArgmaxOfTheFullForwardAtEveryStep) {
     const std::vector<double> params = random_parameters(probe, 5);
     ModelConfig reference_config = c.config;
     if (reference_config.is_dijiang()) reference_config.dijiang.form = cpu::DecayForm::Parallel;
+    if (reference_config.is_linear()) reference_config.linear.form = cpu::DecayForm::Parallel;
     GPTNeoX<double> reference(reference_config);
     reference.parameters() = params;
     ModelSource source = source_of(c.config, params);
@@ -138,7 +148,7 @@ TEST(Decoding, GreedyEqualsTheArgmaxOfTheFullForwardAtEveryStep) {
 
 TEST(Decoding, DiJiangPrefillStateEqualsRecurrentSteps) {
   for (const Case& c : cases()) {
-    if (!c.config.is_dijiang()) continue;
+    if (!c.config.is_converted()) continue;
     SCOPED_TRACE(c.name);
     GPTNeoX<double> model(c.config);
     model.parameters() = random_parameters(model, 9);
@@ -156,9 +166,12 @@ TEST(Decoding, DiJiangPrefillStateEqualsRecurrentSteps) {
         ASSERT_NEAR(prefilled.states[l][i], stepped.states[l][i], 1e-12 * std::max(1.0, std::abs(stepped.states[l][i])))
             << "layer " << l << " value " << i;
     for (size_t i = 0; i < prefill_logits.size(); ++i) ASSERT_NEAR(prefill_logits[i], step_logits[i], 1e-10);
-    // O(1) in the sequence length: the state is [H, d, d] per layer, whatever n.
-    EXPECT_EQ(prefilled.bytes(), static_cast<int64_t>(c.config.num_layers * c.config.num_heads *
-                                                      c.config.head_dim() * c.config.head_dim() * sizeof(double)));
+    // O(1) in the sequence length: the state is [H, d, d] per layer (a baseline's [H, m, d + 1]),
+    // whatever n.
+    const int64_t d = c.config.head_dim();
+    const int64_t per_head = c.config.is_linear() ? c.config.linear_features() * (d + 1) : d * d;
+    EXPECT_EQ(prefilled.bytes(),
+              static_cast<int64_t>(c.config.num_layers * c.config.num_heads * per_head * sizeof(double)));
   }
 }
 

@@ -265,6 +265,11 @@ TEST(Experiment, BadStagesGiveClearMessages) {
        "distill_weight must be at least 0 and temperature positive"},
       {"stage_override_key", head + "stages:\n  - {steps: 3}\n", {"stages.0.step=4"},
        "unknown key 'stages[0].step' (did you mean 'stages[0].steps'?)"},
+      {"baseline_added", head + "stages:\n  - {steps: 3, loss: attention_transfer}\n", {"model.attention=cosformer"},
+       "stage 'stage1' trains only the tensors the conversion added, but cosformer attention adds none that train"},
+      {"baseline_dijiang_option", head + "stages:\n  - {steps: 3}\n",
+       {"model.attention=elu", "model.dijiang.learnable_decay=true"},
+       "model.dijiang.learnable_decay applies to DiJiang attention, but model.attention is elu"},
   };
   expect_refusals(table);
 }

@@ -297,6 +297,46 @@ TEST(TrainingStages, DistillationFromTheSourceResumesExactly) {
   fs::remove_all(root);
 }
 
+// A linear-attention baseline converted and trained as DiJiang is: a transfer stage on its q and k
+// rows (it adds no trainable tensor), then fine-tuning; stopped inside the transfer stage and
+// resumed, it ends with the same bits, and its checkpoint records the baseline.
+TEST(TrainingStages, ABaselineTrainsInStagesAndResumesExactly) {
+  const fs::path root = fs::temp_directory_path() / "dijiang-stages-baseline";
+  fs::remove_all(root);
+  Experiment e = staged_experiment(root / "straight");
+  e.attention = TargetAttention::Performer;
+  e.stages[0].train = StageTrains::AddedQK;
+  const TrainOutcome straight = train(e, false);
+  ASSERT_EQ(straight.step, 16);
+  const NativeCheckpoint trained = read_native_checkpoint(straight.checkpoint);
+  const ModelConfig config = ModelConfig::from_hf_json(trained.config, "checkpoint");
+  EXPECT_TRUE(config.is_linear());
+  EXPECT_EQ(config.linear.feature_map, cpu::LinearFeatureMap::Performer);
+  EXPECT_TRUE(trained.tensors.contains("gpt_neox.layers.0.attention.proj_matrix"));
+  EXPECT_FALSE(trained.tensors.contains("gpt_neox.layers.0.attention.W_G"));
+  const std::vector<double> transfer = losses(root / "straight");
+  ASSERT_EQ(transfer.size(), 16u);
+  EXPECT_LT(transfer[7], transfer[0]);  // the transfer loss falls
+  Experiment split = e;
+  split.out_dir = (root / "split").string();
+  ASSERT_EQ(train(split, false, 5).step, 5);
+  const TrainOutcome resumed = train(split, true);
+  EXPECT_EQ(losses(root / "split"), transfer);
+  expect_same_checkpoints(straight.checkpoint, resumed.checkpoint);
+  // train: added has nothing to train in a baseline.
+  Experiment nothing = e;
+  nothing.out_dir = (root / "nothing").string();
+  nothing.stages[0].train = StageTrains::Added;
+  try {
+    train(nothing, false);
+    ADD_FAILURE() << "accepted";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("performer attention adds none that train"), std::string::npos)
+        << error.what();
+  }
+  fs::remove_all(root);
+}
+
 TEST(TrainingStages, TransferNeedsConvertedAttention) {
   const fs::path root = fs::temp_directory_path() / "dijiang-stages-softmax";
   fs::remove_all(root);

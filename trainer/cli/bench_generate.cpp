@@ -71,7 +71,7 @@ Point measure(Decoder& decoder, const std::string& name, int64_t batch, int64_t 
 
 void bench_generate(const BenchGenerateOptions& o) {
   const ModelConfig config = read_model_config(o.config);
-  if (config.is_dijiang()) fail("{}: give the softmax model's config; the benchmark converts it", o.config);
+  if (config.is_converted()) fail("{}: give the softmax model's config; the benchmark converts it", o.config);
   std::vector<Point> points;
   for (const bool dijiang : {false, true}) {
     ModelSource source;

@@ -43,7 +43,7 @@ void make_model(const MakeModelOptions& o) {
   const auto start = std::chrono::steady_clock::now();
   nlohmann::json hf = read_config_json(o.config);
   const ModelConfig config = ModelConfig::from_hf_json(hf, o.config);
-  if (config.is_dijiang()) fail("{}: make-model writes softmax models; convert them with --attention dijiang", o.config);
+  if (config.is_converted()) fail("{}: make-model writes softmax models; convert them with --attention dijiang", o.config);
   hf["torch_dtype"] = torch_dtype_name(o.dtype);
   const DType dtype = parse_floating_dtype(o.dtype);
   TensorPlan plan = random_tensor_plan(config, o.seed);

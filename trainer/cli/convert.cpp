@@ -45,9 +45,10 @@ void register_convert(CLI::App& app) {
                                 "optimizer state and metadata are kept bit for bit")
                     ->check(CLI::Range(1, kMaxFlatRanks));
   auto* attention = cmd->add_option("--attention", o->attention,
-                                    "softmax, dijiang or retnet (DiJiang without its feature map; default: as the "
-                                    "source)")
-                        ->check(CLI::IsMember({"softmax", "dijiang", "retnet"}));
+                                    "softmax, dijiang, retnet (DiJiang without its feature map), or a normalised "
+                                    "linear-attention baseline: performer, cosformer or elu (these take --seed, "
+                                    "--chunk and --form); default: as the source")
+                        ->check(CLI::IsMember({"softmax", "dijiang", "retnet", "performer", "cosformer", "elu"}));
   ranks->excludes(dtype_flag)->excludes(shards)->excludes(attention);
   const auto dijiang_option = [&](CLI::Option* option) { option->needs(attention); };
   dijiang_option(cmd->add_option("--seed", o->dijiang.seed, "seed of the feature sampling and W_G initialisation"));
@@ -86,14 +87,23 @@ void register_convert(CLI::App& app) {
     StoredModelSource source = open_model_source(o->from);
     if (!source.optimizer_state.empty())
       spdlog::info("{}: writing the model only; the optimizer state is dropped", o->from);
-    if (o->attention == "softmax" && source.config.is_dijiang())
-      fail("{} has DiJiang attention; converting back to softmax attention is not supported", o->from);
+    if (o->attention == "softmax" && source.config.is_converted())
+      fail("{} has {} attention; converting back to softmax attention is not supported", o->from,
+           source.config.attention_name());
     if (o->attention == "retnet") {
       if (o->dijiang.projection == FeatureProjection::Gaussian)
         fail("--attention retnet has no feature map, but --projection is gaussian");
       o->dijiang.projection = FeatureProjection::None;
     }
-    if (o->attention == "dijiang" || o->attention == "retnet") convert_to_dijiang(source, o->dijiang);
+    if (o->attention == "dijiang" || o->attention == "retnet") {
+      convert_to_dijiang(source, o->dijiang);
+    } else if (const auto map = find_choice<cpu::LinearFeatureMap>(o->attention)) {
+      const DiJiangOptions defaults;
+      if (o->dijiang.sampling != defaults.sampling || o->dijiang.projection != defaults.projection ||
+          o->dijiang.feature_weights || o->dijiang.learnable_decay || o->dijiang.group_norm_per_head)
+        fail("--attention {} takes --seed, --chunk and --form only (the other options are DiJiang's)", o->attention);
+      convert_to_linear(source, LinearOptions{*map, o->dijiang.seed, o->dijiang.chunk, o->dijiang.form});
+    }
     const DType dtype = parse_floating_dtype(o->dtype);
     const nlohmann::json config = source.config.to_hf_json(source.hf_config, torch_dtype_name(o->dtype));
     const nlohmann::json metadata = {{"converted_from", source.path.string()},
@@ -105,7 +115,7 @@ void register_convert(CLI::App& app) {
     else
       write_native_checkpoint(o->to, config, metadata, tensors);
     spdlog::info("wrote {} ({} attention, {} tensors, {} parameters, {}; peak RSS {:.1f} MB)", o->to,
-                 !source.config.is_dijiang() ? "softmax" : source.config.has_feature_map() ? "DiJiang" : "RetNet-style",
+                 source.config.attention_name(),
                  tensors.size(),
                  source.config.parameter_count(), o->dtype, static_cast<double>(peak_resident_bytes()) / 1e6);
   });

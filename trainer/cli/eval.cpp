@@ -54,8 +54,10 @@ void register_eval(CLI::App& app) {
                                                       : encode_text_file(Tokenizer::from_file(tokenizer_for(o->model, o->tokenizer)), o->text);
     ModelSource source = read_model_source(o->model);
     if (form->count() > 0) {
-      if (!source.config.is_dijiang()) fail("--dijiang-form applies to DiJiang models; {} has softmax attention", o->model);
+      if (!source.config.is_converted())
+        fail("--dijiang-form applies to converted models; {} has softmax attention", o->model);
       source.config.dijiang.form = o->dijiang_form;
+      source.config.linear.form = o->dijiang_form;
     }
     // f64 is the CPU's reference precision; the others run on the GPU when there is one.
     const BackendInfo backend =

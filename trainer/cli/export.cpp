@@ -51,6 +51,9 @@ void register_export(CLI::App& app) {
     // Streamed: one tensor is read, converted and written at a time.
     const StoredModelSource source = open_model_source(o->from);
     const DType dtype = parse_floating_dtype(o->dtype);
+    if (source.config.is_linear())
+      fail("{} has {} attention, which neither Hugging Face nor the reference DiJiang code can load: keep the "
+           "native checkpoint", o->from, source.config.attention_name());
     const TensorPlan validated = validated_plan(source, dtype);
     // DiJiang models are written in the reference modeling code's layout (docs/method.md, section 5).
     const TensorPlan tensors =

@@ -166,6 +166,12 @@ void register_inspect(CLI::App& app) {
                   static_cast<long long>(c.dijiang.chunk), static_cast<long long>(c.group_norm_groups()),
                   c.dijiang.feature_weights ? ", learned feature weights" : "",
                   c.dijiang.learnable_decay ? ", learnable decay" : "");
+    else if (c.is_linear())
+      std::printf("  attention %s (normalised linear attention, %lld features per head): seed %llu, form %s "
+                  "(chunk %lld)\n",
+                  c.attention_name().c_str(), static_cast<long long>(c.linear_features()),
+                  static_cast<unsigned long long>(c.linear.seed), choice_name(c.linear.form).data(),
+                  static_cast<long long>(c.linear.chunk));
     else
       std::printf("  attention softmax\n");
     std::printf("  parameters %lld (%.2fM) in %zu tensors\n", static_cast<long long>(c.parameter_count()),

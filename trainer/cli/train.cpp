@@ -26,9 +26,10 @@ namespace {
 void print_plan(const std::string& file, const std::vector<std::string>& overrides, int ranks, double gpu_gib) {
   const Experiment e = load_experiment(file, overrides);
   ModelConfig config = read_model_config(e.model_source);
-  if (e.converts_attention() && !config.is_dijiang()) {
-    config.attention = AttentionKind::DiJiang;
+  if (e.converts_attention() && !config.is_converted()) {
+    config.attention = e.converts_to_linear() ? AttentionKind::Linear : AttentionKind::DiJiang;
     config.dijiang = e.conversion_options();
+    config.linear = e.linear_options();
   }
   constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
   const bool gpu = gpu_gib > 0 || select_backend().backend == Backend::CUDA;
@@ -44,7 +45,7 @@ void print_plan(const std::string& file, const std::vector<std::string>& overrid
     where = fmt::format(" (this machine's memory{})", ranks > 1 ? fmt::format(" shared by {} ranks", ranks) : "");
   }
   std::printf("model %s: %s attention, %.1fM parameters\n", e.model_source.c_str(),
-              config.is_dijiang() ? "DiJiang" : "softmax", static_cast<double>(config.parameter_count()) / 1e6);
+              config.attention_name().c_str(), static_cast<double>(config.parameter_count()) / 1e6);
   std::printf("%s", plan_table(e, config, ranks, gpu, capacity).c_str());
   if (!where.empty()) std::printf("capacity%s\n", where.c_str());
 }

@@ -13,6 +13,7 @@
 
 #include "kernels/core/error.h"
 #include "kernels/cpu/dijiang.h"
+#include "kernels/cpu/linear_attention.h"
 
 namespace dj {
 
@@ -24,8 +25,10 @@ enum class FeatureSampling { QMC, MC };
 enum class FeatureProjection { DCT, Gaussian, None };
 // precision: the element type activations and weights are computed in (masters stay f32).
 enum class Precision { F64, F32, BF16 };
-// model.attention: what a training run does to the source model's attention.
-enum class TargetAttention { Keep, Softmax, DiJiang, RetNet };
+// model.attention: what a training run does to the source model's attention: keep it, make it
+// softmax, or convert a softmax source to DiJiang, RetNet-style retention or one of the normalised
+// linear-attention baselines (performer, cosformer, elu; docs/method.md, section 8).
+enum class TargetAttention { Keep, Softmax, DiJiang, RetNet, Performer, CosFormer, Elu };
 // data.order: how training sequences are drawn from the token file.
 enum class DataOrder { Shuffled, Pythia };
 // stages[].loss: what a training stage minimises: lm, next-token cross-entropy; attention_transfer,
@@ -63,11 +66,21 @@ struct Choices<Precision> {
 };
 template <>
 struct Choices<TargetAttention> {
-  static constexpr std::array<std::pair<TargetAttention, std::string_view>, 4> values{
+  static constexpr std::array<std::pair<TargetAttention, std::string_view>, 7> values{
       {{TargetAttention::Keep, "keep"},
        {TargetAttention::Softmax, "softmax"},
        {TargetAttention::DiJiang, "dijiang"},
-       {TargetAttention::RetNet, "retnet"}}};
+       {TargetAttention::RetNet, "retnet"},
+       {TargetAttention::Performer, "performer"},
+       {TargetAttention::CosFormer, "cosformer"},
+       {TargetAttention::Elu, "elu"}}};
+};
+template <>
+struct Choices<cpu::LinearFeatureMap> {
+  static constexpr std::array<std::pair<cpu::LinearFeatureMap, std::string_view>, 3> values{
+      {{cpu::LinearFeatureMap::Performer, "performer"},
+       {cpu::LinearFeatureMap::CosFormer, "cosformer"},
+       {cpu::LinearFeatureMap::Elu, "elu"}}};
 };
 template <>
 struct Choices<DataOrder> {

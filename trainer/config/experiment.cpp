@@ -69,7 +69,9 @@ const std::vector<Key>& schema() {
             true),
       choice<TargetAttention>("model.attention", [](E& e) -> TargetAttention& { return e.attention; },
                               "keep the source's attention, require softmax, or convert softmax attention to DiJiang "
-                              "(docs/method.md) or to RetNet-style retention (DiJiang without its feature map)"),
+                              "(docs/method.md), to RetNet-style retention (DiJiang without its feature map) or to a "
+                              "normalised linear-attention baseline: performer (FAVOR+), cosformer or elu (elu + 1 "
+                              "features), which take model.dijiang's seed, chunk and form"),
       dijiang_key("model.dijiang.seed", Kind::UInt, &D::seed,
                   "seeds the sampling of the feature frequencies t and the initialisation of the gate W_G"),
       choice<FeatureSampling>("model.dijiang.sampling", [](E& e) -> FeatureSampling& { return e.dijiang.sampling; },
@@ -450,6 +452,25 @@ void check_values(const Experiment& e, const std::string& file) {
   positive(e.dijiang.chunk, "model.dijiang.chunk");
   if (e.attention == TargetAttention::RetNet && e.dijiang.projection == FeatureProjection::Gaussian)
     fail("{}: model.attention retnet has no feature map, but model.dijiang.projection is gaussian", file);
+  if (e.converts_to_linear()) {
+    // The baselines have no DCT features, decay, gate or feature weights: options for those would be ignored.
+    const DiJiangOptions defaults;
+    const std::pair<bool, const char*> dijiang_only[] = {
+        {e.dijiang.sampling != defaults.sampling, "sampling"},
+        {e.dijiang.projection != defaults.projection, "projection"},
+        {e.dijiang.feature_weights != defaults.feature_weights, "feature_weights"},
+        {e.dijiang.learnable_decay != defaults.learnable_decay, "learnable_decay"},
+        {e.dijiang.group_norm_per_head != defaults.group_norm_per_head, "group_norm_per_head"}};
+    for (const auto& [set, key] : dijiang_only)
+      if (set)
+        fail("{}: model.dijiang.{} applies to DiJiang attention, but model.attention is {} (which takes only "
+             "model.dijiang.seed, chunk and form)", file, key, choice_name(e.attention));
+    // Only the performer adds a tensor, and it is fixed: a stage training only the added tensors trains nothing.
+    for (const Stage& stage : e.stages)
+      if (stage.train == StageTrains::Added)
+        fail("{}: stage '{}' trains only the tensors the conversion added, but {} attention adds none that train: "
+             "use train: added_qk (the query and key projections) or all", file, stage.name, choice_name(e.attention));
+  }
   if (e.warmup < 0) fail("{}: 'schedule.warmup' must not be negative", file);
   if (e.global_tokens != 0 && e.global_tokens != e.tokens_per_step())
     fail("{}: batch.global_tokens {} differs from micro_batch {} x grad_accum {} x seq_len {} = {}", file,

@@ -34,12 +34,26 @@ struct Stage {
 struct Experiment {
   // model
   std::string model_source;             // Hugging Face directory or native checkpoint
-  TargetAttention attention = TargetAttention::Keep;  // keep, softmax, dijiang or retnet (convert a softmax source)
+  // keep, softmax, or a conversion of a softmax source: dijiang, retnet, performer, cosformer or elu.
+  TargetAttention attention = TargetAttention::Keep;
   DiJiangOptions dijiang;
-  // Whether a softmax source is converted (model.attention dijiang or retnet), and with what: the
-  // model.dijiang options, without a feature map for retnet.
-  bool converts_attention() const {
-    return attention == TargetAttention::DiJiang || attention == TargetAttention::RetNet;
+  // Whether a softmax source is converted, and with what: DiJiang with the model.dijiang options
+  // (without a feature map for retnet), or a normalised linear-attention baseline with
+  // model.dijiang's seed, chunk and form (linear_options).
+  bool converts_attention() const { return attention != TargetAttention::Keep && attention != TargetAttention::Softmax; }
+  bool converts_to_linear() const {
+    return attention == TargetAttention::Performer || attention == TargetAttention::CosFormer ||
+           attention == TargetAttention::Elu;
+  }
+  LinearOptions linear_options() const {
+    LinearOptions options;
+    options.feature_map = attention == TargetAttention::Performer ? cpu::LinearFeatureMap::Performer
+                          : attention == TargetAttention::CosFormer ? cpu::LinearFeatureMap::CosFormer
+                                                                    : cpu::LinearFeatureMap::Elu;
+    options.seed = dijiang.seed;
+    options.chunk = dijiang.chunk;
+    options.form = dijiang.form;
+    return options;
   }
   DiJiangOptions conversion_options() const {
     DiJiangOptions options = dijiang;

@@ -32,13 +32,39 @@ T field(const nlohmann::json& json, const char* key, const std::string& source, 
   }
 }
 
+void parse_linear(const nlohmann::json& json, const std::string& source, ModelConfig& c) {
+  c.attention = AttentionKind::Linear;
+  if (json.contains("dijiang")) fail("{}: 'dijiang' options given but attention_kind is linear", source);
+  const nlohmann::json options = json.value("linear_attention", nlohmann::json::object());
+  if (!options.is_object()) fail("{}: 'linear_attention' must be an object", source);
+  static const char* const kKeys[] = {"feature_map", "seed", "chunk", "form"};
+  for (const auto& item : options.items()) {
+    const std::string& key = item.key();
+    if (std::find_if(std::begin(kKeys), std::end(kKeys), [&](const char* k) { return key == k; }) == std::end(kKeys))
+      fail("{}: unknown key 'linear_attention.{}'", source, key);
+  }
+  if (!options.contains("feature_map")) fail("{}: missing field 'linear_attention.feature_map'", source);
+  LinearOptions& o = c.linear;
+  o.feature_map = parse_choice<cpu::LinearFeatureMap>(field<std::string>(options, "feature_map", source, "", true),
+                                                      "linear_attention.feature_map", source);
+  o.seed = field<uint64_t>(options, "seed", source, o.seed, false);
+  o.chunk = field<int64_t>(options, "chunk", source, o.chunk, false);
+  o.form = parse_choice<cpu::DecayForm>(
+      field<std::string>(options, "form", source, std::string(choice_name(o.form)), false), "linear_attention.form",
+      source);
+  if (o.chunk < 1 || o.chunk > 65536) fail("{}: linear_attention.chunk {} is not in 1..65536", source, o.chunk);
+}
+
 void parse_attention(const nlohmann::json& json, const std::string& source, ModelConfig& c) {
   const auto kind = field<std::string>(json, "attention_kind", source, "softmax", false);
+  if (kind != "linear" && json.contains("linear_attention"))
+    fail("{}: 'linear_attention' options given but attention_kind is {}", source, kind);
   if (kind == "softmax") {
     if (json.contains("dijiang")) fail("{}: 'dijiang' options given but attention_kind is softmax", source);
     return;
   }
-  if (kind != "dijiang") fail("{}: attention_kind '{}' is not supported (softmax or dijiang)", source, kind);
+  if (kind == "linear") return parse_linear(json, source, c);
+  if (kind != "dijiang") fail("{}: attention_kind '{}' is not supported (softmax, dijiang or linear)", source, kind);
   c.attention = AttentionKind::DiJiang;
   const nlohmann::json options = json.value("dijiang", nlohmann::json::object());
   if (!options.is_object()) fail("{}: 'dijiang' must be an object", source);
@@ -72,6 +98,15 @@ int64_t ModelConfig::rotary_dims() const {
   return static_cast<int64_t>(static_cast<double>(head_dim()) * rotary_pct);
 }
 
+std::string ModelConfig::attention_name() const {
+  switch (attention) {
+    case AttentionKind::Softmax: return "softmax";
+    case AttentionKind::DiJiang: return has_feature_map() ? "DiJiang" : "RetNet-style";
+    case AttentionKind::Linear: return std::string(choice_name(linear.feature_map));
+  }
+  return "?";
+}
+
 cpu::GeluKind ModelConfig::gelu_kind() const {
   return hidden_act == "gelu" ? cpu::GeluKind::Erf : cpu::GeluKind::Tanh;
 }
@@ -86,6 +121,7 @@ int64_t ModelConfig::parameter_count() const {
     const int64_t d = head_dim(), H = num_heads;
     per_layer += (has_feature_map() ? d * d : 0) + D * D + 2 * D + H + (dijiang.feature_weights ? H * d : 0);
   }
+  if (is_linear() && linear.feature_map == cpu::LinearFeatureMap::Performer) per_layer += head_dim() * head_dim();
   return vocab_size * D * (tie_word_embeddings ? 1 : 2) + num_layers * per_layer + 2 * D;
 }
 
@@ -175,6 +211,14 @@ nlohmann::json ModelConfig::to_hf_json(const nlohmann::json& base, const std::st
   j["torch_dtype"] = torch_dtype;
   j.erase("attention_kind");
   j.erase("dijiang");
+  j.erase("linear_attention");
+  if (is_linear()) {
+    j["attention_kind"] = "linear";
+    j["linear_attention"] = {{"feature_map", choice_name(linear.feature_map)},
+                             {"seed", linear.seed},
+                             {"chunk", linear.chunk},
+                             {"form", choice_name(linear.form)}};
+  }
   if (is_dijiang()) {
     j["attention_kind"] = "dijiang";
     j["dijiang"] = {{"sampling", choice_name(dijiang.sampling)},

@@ -31,6 +31,7 @@
 #include "kernels/cpu/gemm.h"
 #include "kernels/cpu/layernorm.h"
 #include "kernels/cpu/layout.h"
+#include "kernels/cpu/linear_attention.h"
 #include "kernels/cpu/rotary.h"
 #include "trainer/model/config.h"
 #include "trainer/optim/adamw.h"
@@ -194,6 +195,25 @@ class CpuOps {
   void decay_attention_step(Act* o, Stat* state, const Act* fq, const Act* fk, const Act* v, const Param* log_gamma,
                             int64_t BH, int64_t H, int64_t m, int64_t dv) {
     cpu::decay_attention_step(o, state, fq, fk, v, log_gamma, BH, H, m, dv);
+  }
+  // The linear-attention baselines (kernels/cpu/linear_attention.h): feature maps, the ones column and
+  // the normalisation.
+  void linear_feature_forward(Act* f, const Act* x, const Param* P, cpu::LinearFeatureMap map, bool query, int64_t BH,
+                              int64_t n, int64_t d, int64_t position0, int64_t horizon) {
+    cpu::linear_feature_forward(f, x, P, map, query, BH, n, d, position0, horizon);
+  }
+  void linear_feature_backward(Act* dx, const Act* df, const Act* f, const Act* x, const Param* P,
+                               cpu::LinearFeatureMap map, bool query, int64_t BH, int64_t n, int64_t d,
+                               int64_t position0, int64_t horizon) {
+    cpu::linear_feature_backward(dx, df, f, x, P, map, query, BH, n, d, position0, horizon);
+  }
+  void append_ones(Act* vx, const Act* v, int64_t rows, int64_t dv) { cpu::append_ones(vx, v, rows, dv); }
+  void drop_last_column(Act* v, const Act* vx, int64_t rows, int64_t dv) { cpu::drop_last_column(v, vx, rows, dv); }
+  void normalize_rows_forward(Act* o, const Act* ox, int64_t rows, int64_t dv) {
+    cpu::normalize_rows_forward(o, ox, rows, dv);
+  }
+  void normalize_rows_backward(Act* dox, const Act* dout, const Act* o, const Act* ox, int64_t rows, int64_t dv) {
+    cpu::normalize_rows_backward(dox, dout, o, ox, rows, dv);
   }
   // Values of the backend's activations on the host, as double (waits on a device).
   void download_double(double* host, const Act* src, int64_t n) const {

@@ -11,6 +11,7 @@
 #include "kernels/core/error.h"
 #include "kernels/cuda/decode.h"
 #include "kernels/cuda/dijiang_attention.h"
+#include "kernels/cuda/linear_attention.h"
 #include "kernels/cuda/layout.h"
 #include "kernels/cuda/ops.h"
 
@@ -233,10 +234,47 @@ void CudaOps<T>::causal_attention_backward(T* dq, T* dk, T* dv, const T* dout, c
 template <typename T>
 void CudaOps<T>::check_config(const ModelConfig& config) {
   const int64_t d = config.head_dim();
+  if (config.is_linear() && (config.linear_features() > cuda::kMaxHeadDim || d + 1 > cuda::kMaxHeadDim))
+    fail("{} attention with head size {} needs {} features and {} value columns; the GPU kernels take at most {}: "
+         "run it on the CPU (--device cpu)",
+         config.attention_name(), d, config.linear_features(), d + 1, cuda::kMaxHeadDim);
   if (d > cuda::kMaxHeadDim)
     fail("head size {} ({} / {} heads) is above the {} the GPU attention kernels support; run it on the CPU "
          "(--device cpu)",
          d, config.hidden_size, config.num_heads, cuda::kMaxHeadDim);
+}
+
+template <typename T>
+void CudaOps<T>::linear_feature_forward(T* f, const T* x, const float* P, cpu::LinearFeatureMap map, bool query,
+                                        int64_t BH, int64_t n, int64_t d, int64_t position0, int64_t horizon) {
+  cuda::linear_feature_forward(f, x, P, map, query, BH, n, d, position0, horizon, stream_);
+}
+
+template <typename T>
+void CudaOps<T>::linear_feature_backward(T* dx, const T* df, const T* f, const T* x, const float* P,
+                                         cpu::LinearFeatureMap map, bool query, int64_t BH, int64_t n, int64_t d,
+                                         int64_t position0, int64_t horizon) {
+  cuda::linear_feature_backward(dx, df, f, x, P, map, query, BH, n, d, position0, horizon, stream_);
+}
+
+template <typename T>
+void CudaOps<T>::append_ones(T* vx, const T* v, int64_t rows, int64_t dv) {
+  cuda::append_ones(vx, v, rows, dv, stream_);
+}
+
+template <typename T>
+void CudaOps<T>::drop_last_column(T* v, const T* vx, int64_t rows, int64_t dv) {
+  cuda::drop_last_column(v, vx, rows, dv, stream_);
+}
+
+template <typename T>
+void CudaOps<T>::normalize_rows_forward(T* o, const T* ox, int64_t rows, int64_t dv) {
+  cuda::normalize_rows_forward(o, ox, rows, dv, stream_);
+}
+
+template <typename T>
+void CudaOps<T>::normalize_rows_backward(T* dox, const T* dout, const T* o, const T* ox, int64_t rows, int64_t dv) {
+  cuda::normalize_rows_backward(dox, dout, o, ox, rows, dv, stream_);
 }
 
 template <typename T>

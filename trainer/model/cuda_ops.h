@@ -122,6 +122,14 @@ class CudaOps {
                                      int64_t H, int64_t n, int64_t m, int64_t dv, int64_t chunk);
   void decay_attention_step(T* o, float* state, const T* fq, const T* fk, const T* v, const float* log_gamma,
                             int64_t BH, int64_t H, int64_t m, int64_t dv);
+  void linear_feature_forward(T* f, const T* x, const float* P, cpu::LinearFeatureMap map, bool query, int64_t BH,
+                              int64_t n, int64_t d, int64_t position0, int64_t horizon);
+  void linear_feature_backward(T* dx, const T* df, const T* f, const T* x, const float* P, cpu::LinearFeatureMap map,
+                               bool query, int64_t BH, int64_t n, int64_t d, int64_t position0, int64_t horizon);
+  void append_ones(T* vx, const T* v, int64_t rows, int64_t dv);
+  void drop_last_column(T* v, const T* vx, int64_t rows, int64_t dv);
+  void normalize_rows_forward(T* o, const T* ox, int64_t rows, int64_t dv);
+  void normalize_rows_backward(T* dox, const T* dout, const T* o, const T* ox, int64_t rows, int64_t dv);
   void download_double(double* host, const T* src, int64_t n) const;
   void group_norm_gate_forward(T* y, float* mean, float* rstd, const T* x, const float* w, const float* b,
                                const T* gate, int64_t rows, int64_t channels, int64_t groups, double eps);

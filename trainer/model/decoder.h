@@ -77,7 +77,7 @@ class ModelDecoder final : public Decoder {
     }
     int64_t state_bytes() const override { return state_.bytes(); }
     void skip_to(int64_t position) override {
-      if (position < 0 || (!model_.config().is_dijiang() && position >= state_.capacity))
+      if (position < 0 || (!model_.config().is_converted() && position >= state_.capacity))
         fail("skip_to: position {} leaves no room in a cache of {}", position, state_.capacity);
       state_.position = position;
     }

@@ -18,7 +18,7 @@ SplitMix64 stream(uint64_t seed, int64_t layer, uint64_t purpose) {
   const uint64_t a = mix.next() ^ static_cast<uint64_t>(layer) * 0x9E3779B97F4A7C15ull;
   return SplitMix64(a ^ purpose * 0xD1B54A32D192ED03ull);
 }
-constexpr uint64_t kFeatureStream = 1, kGateStream = 2, kProjectionStream = 3;
+constexpr uint64_t kFeatureStream = 1, kGateStream = 2, kProjectionStream = 3, kPerformerStream = 4;
 
 std::string attention_prefix(int64_t layer) { return layer_prefix(layer) + "attention."; }
 
@@ -107,8 +107,54 @@ std::vector<double> feature_projection(const DiJiangOptions& options, int64_t d,
   return P;
 }
 
+std::vector<double> performer_projection(const LinearOptions& options, int64_t d, int64_t layer) {
+  SplitMix64 rng = stream(options.seed, layer, kPerformerStream);
+  // d Gaussian vectors made orthonormal (Gram-Schmidt, twice for full precision), each then given the
+  // norm of an independent Gaussian vector: the marginals of ω stay N(0, I), the directions orthogonal.
+  std::vector<double> w(static_cast<size_t>(d * d));
+  for (auto& value : w) value = rng.normal();
+  for (int64_t j = 0; j < d; ++j) {
+    double* row = w.data() + j * d;
+    for (int pass = 0; pass < 2; ++pass)
+      for (int64_t i = 0; i < j; ++i) {
+        const double* prev = w.data() + i * d;
+        double dot = 0.0;
+        for (int64_t k = 0; k < d; ++k) dot += row[k] * prev[k];
+        for (int64_t k = 0; k < d; ++k) row[k] -= dot * prev[k];
+      }
+    double norm = 0.0;
+    for (int64_t k = 0; k < d; ++k) norm += row[k] * row[k];
+    norm = std::sqrt(norm);
+    if (!(norm > 1e-8)) fail("performer_projection: degenerate draw for layer {}", layer);
+    for (int64_t k = 0; k < d; ++k) row[k] /= norm;
+  }
+  std::vector<double> P(static_cast<size_t>(d * d));
+  for (int64_t j = 0; j < d; ++j) {
+    double length = 0.0;
+    for (int64_t k = 0; k < d; ++k) {
+      const double g = rng.normal();
+      length += g * g;
+    }
+    length = std::sqrt(length);
+    for (int64_t k = 0; k < d; ++k) P[static_cast<size_t>(k * d + j)] = w[static_cast<size_t>(j * d + k)] * length;
+  }
+  return P;
+}
+
 TensorPlan dijiang_tensor_plan(const ModelConfig& config, DType dtype) {
-  if (!config.is_dijiang()) fail("add_dijiang_tensors needs a DiJiang config");
+  if (config.is_linear()) {
+    TensorPlan plan;
+    if (config.linear.feature_map != cpu::LinearFeatureMap::Performer) return plan;
+    const int64_t d = config.head_dim();
+    const LinearOptions options = config.linear;
+    for (int64_t l = 0; l < config.num_layers; ++l)
+      plan[attention_prefix(l) + "proj_matrix"] = {dtype, {d, d}, [options, d, l, dtype] {
+                                                    return from_doubles(performer_projection(options, d, l), {d, d},
+                                                                        dtype);
+                                                  }};
+    return plan;
+  }
+  if (!config.is_dijiang()) fail("add_dijiang_tensors needs a converted config");
   const int64_t D = config.hidden_size, H = config.num_heads, d = config.head_dim();
   const double bound = std::pow(2.0, -2.5) * std::sqrt(6.0 / static_cast<double>(2 * D));
   const DiJiangOptions options = config.dijiang;

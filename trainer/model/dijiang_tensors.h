@@ -32,12 +32,18 @@ std::vector<double> sample_feature_scales(const DiJiangOptions& options, int64_t
 // draws seeded by (seed, layer). The t are those of sample_feature_scales. Fails for projection none.
 std::vector<double> feature_projection(const DiJiangOptions& options, int64_t d, int64_t layer);
 
+// The performer's random features for one layer: P [d, d] whose columns ω_j are orthogonal, with
+// the lengths of independent standard Gaussian vectors (positive orthogonal random features), seeded
+// by (seed, layer).
+std::vector<double> performer_projection(const LinearOptions& options, int64_t d, int64_t layer);
+
 // log γ_h for γ_h = 1 − exp(ℓ_h), ℓ = linspace(log(1/32), log(1/512), H) (ℓ = log(1/32) when H = 1).
 std::vector<double> reference_log_gamma(int64_t heads);
 
 // Adds every layer's DiJiang tensors, initialised as the reference page says, in `dtype`:
 // P from the sampled t, W_G Xavier-uniform with gain 2^−2.5, GroupNorm 1 / 0, log γ from the
-// schedule, feature weights 1. `config` must be a DiJiang config.
+// schedule, feature weights 1. `config` must be a converted config: for a linear-attention baseline
+// the only tensor is the performer's proj_matrix (performer_projection; none for cosformer and elu).
 void add_dijiang_tensors(TensorMap& tensors, const ModelConfig& config, DType dtype);
 // The same tensors as a plan: each made, from the options alone, when it is asked for.
 TensorPlan dijiang_tensor_plan(const ModelConfig& config, DType dtype);

@@ -181,6 +181,10 @@ class GPTNeoXModel {
     // output [N, D]; GroupNorm statistics [N, groups].
     Array<Act> sq, sk, fq, fk, gate_pre, gated;
     Array<Stat> gn_mean, gn_rstd;
+    // Linear-attention baselines: sq, sk hold the features [B, H, S, m]; vx is v with a column of
+    // ones and ox the attention of [v, 1] (numerators, then the denominator) [B, H, S, d + 1];
+    // attn is ox normalised.
+    Array<Act> vx, ox;
   };
   enum class LogitsState { Logits, Gradient, Consumed };
   struct Activations {
@@ -197,6 +201,8 @@ class GPTNeoXModel {
     // Scratch shared by the layers: fused qkv (and its gradient), per-head gradients, [N, D]
     // and [N, F] temporaries, and the two residual-gradient buffers of the backward.
     Array<Act> qkv, dq, dk, dv, dattn, dfeature, nd_a, nd_b, nd_c, nd_d, nf, dres_a, dres_b;
+    // Linear-attention baselines' backward: d(features) [B, H, S, m], d(ox) and d(vx) [B, H, S, d + 1].
+    Array<Act> dfq_x, dfk_x, dox, dvx;
     // Attention transfer: the teacher's attention output [N, D] and its log-sum-exps [B, H, S].
     Array<Act> teacher;
     Array<Stat> teacher_lse;
@@ -224,11 +230,15 @@ class GPTNeoXModel {
   void project_qkv(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out);
   void attention_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out, Act* attn_out);
   void dijiang_core_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out);
+  void linear_core_forward(Activations& s, LayerActivations& a, int64_t l);
+  // The converted attention (DiJiang's or a baseline's) of layer l; returns the dense projection's input.
+  const Act* converted_core_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out);
   void decode_pass(Activations& a, DecodeState& state, const int32_t* ids, int64_t n, std::vector<double>* logits);
   void mlp_forward(Activations& s, LayerActivations& a, int64_t l, const Act* ln_out, Act* mlp_out);
   void layer_backward(int64_t l, const Act* dout, Act* dx);
   void attention_backward(int64_t l, const Act* dattn_out, Act* dln);
   void dijiang_core_backward(int64_t l, Act* dln);
+  void linear_core_backward(int64_t l);
   void mlp_backward(int64_t l, const Act* dmlp_out, Act* dln);
 
   ModelConfig config_;
@@ -236,6 +246,8 @@ class GPTNeoXModel {
   std::vector<ParameterSegment> segments_;
   cpu::DecayForm form_ = cpu::DecayForm::Chunkwise;
   Ops ops_;
+  // log γ = 0 for every head: the baselines' attention runs the decayed kernels with γ = 1.
+  Array<Param> zero_log_gamma_;
   std::unique_ptr<OwnedStorage<Ops>> own_;
   Storage* storage_ = nullptr;
   std::vector<typename Storage::Parameters> held_params_;

@@ -84,12 +84,14 @@ void GPTNeoXModel<Ops>::attention_backward(int64_t l, const Act* dattn_out, Act*
   const int64_t H = config_.num_heads, d = config_.head_dim(), r = config_.rotary_dims();
   const bool bias = config_.attention_bias;
   // d(input of the dense projection) lands in nd_c.
-  const Act* dense_input = config_.is_dijiang() ? a.gated.data() : a.merged.data();
+  const Act* dense_input = config_.is_dijiang() ? a.gated.data() : a.merged.data();  // merged: softmax, baselines
   ops_.linear_backward(s.nd_c.data(), g(pre + "attention.dense.weight"),
                        bias ? g(pre + "attention.dense.bias") : nullptr, dattn_out, dense_input,
                        p(pre + "attention.dense.weight"), N, D, D, false);
   if (config_.is_dijiang()) {
     dijiang_core_backward(l, dln);
+  } else if (config_.is_linear()) {
+    linear_core_backward(l);
   } else {
     ops_.split_heads(s.dattn.data(), s.nd_c.data(), B, S, H, d);
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
@@ -150,6 +152,28 @@ void GPTNeoXModel<Ops>::dijiang_core_backward(int64_t l, Act* dln) {
   // gate_pre = ln_out · W_G: dW_G += ln_outᵀ · dgate, d(ln_out) = dgate · W_Gᵀ.
   ops_.matmul_accumulate(true, false, D, D, N, a.ln1.data(), dgate, g(pre + "attention.W_G"));
   ops_.matmul(false, true, N, D, D, dgate, p(pre + "attention.W_G"), dln);
+}
+
+// Reverses linear_core_forward: from d(merged) in nd_c to dq, dk, dv (rotated q and k).
+template <class Ops>
+void GPTNeoXModel<Ops>::linear_core_backward(int64_t l) {
+  LayerActivations& a = acts_.layers[static_cast<size_t>(l)];
+  Activations& s = acts_;
+  const int64_t B = s.batch, S = s.seq, H = config_.num_heads, d = config_.head_dim(), BH = B * H;
+  const int64_t m = config_.linear_features();
+  const LinearOptions& o = config_.linear;
+  ops_.split_heads(s.dattn.data(), s.nd_c.data(), B, S, H, d);
+  ops_.normalize_rows_backward(s.dox.data(), s.dattn.data(), a.attn.data(), a.ox.data(), BH * S, d);
+  ops_.decay_attention_backward(s.dfq_x.data(), s.dfk_x.data(), s.dvx.data(), static_cast<Grad*>(nullptr),
+                                s.dox.data(), a.sq.data(), a.sk.data(), a.vx.data(), zero_log_gamma_.data(), BH, H, S,
+                                m, d + 1, form_, o.chunk);
+  ops_.drop_last_column(s.dv.data(), s.dvx.data(), BH * S, d);
+  const Param* P = o.feature_map == cpu::LinearFeatureMap::Performer ? pm(layer_prefix(l) + "attention.proj_matrix")
+                                                                      : nullptr;
+  ops_.linear_feature_backward(s.dq.data(), s.dfq_x.data(), a.sq.data(), a.q.data(), P, o.feature_map, true, BH, S, d,
+                               0, config_.max_position_embeddings);
+  ops_.linear_feature_backward(s.dk.data(), s.dfk_x.data(), a.sk.data(), a.k.data(), P, o.feature_map, false, BH, S,
+                               d, 0, config_.max_position_embeddings);
 }
 
 template <class Ops>

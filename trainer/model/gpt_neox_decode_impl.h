@@ -22,9 +22,11 @@ typename GPTNeoXModel<Ops>::DecodeState GPTNeoXModel<Ops>::start_decoding(int64_
   state.capacity = capacity;
   Ops ops = ops_;
   for (int64_t l = 0; l < L; ++l) {
-    if (config_.is_dijiang()) {
-      state.states.push_back(Ops::template allocate<Stat>(BH * d * d));
-      ops.fill_zero(state.states.back().data(), BH * d * d);
+    if (config_.is_converted()) {
+      // DiJiang: [BH, d, d]; a baseline: [BH, m, d + 1] (the ones column carries the denominator).
+      const int64_t size = config_.is_linear() ? BH * config_.linear_features() * (d + 1) : BH * d * d;
+      state.states.push_back(Ops::template allocate<Stat>(size));
+      ops.fill_zero(state.states.back().data(), size);
     } else {
       for (auto* cache : {&state.keys, &state.values}) {
         cache->push_back(Ops::template allocate<Act>(BH * capacity * d));
@@ -55,7 +57,7 @@ template <class Ops>
 void GPTNeoXModel<Ops>::decode(DecodeState& state, const int32_t* ids, int64_t n, std::vector<double>& last_logits) {
   if (state.batch < 1) fail("decode: the decoding state was not started (start_decoding)");
   if (n < 1) fail("decode needs at least one token per sequence");
-  if (!config_.is_dijiang() && state.position + n > state.capacity)
+  if (!config_.is_converted() && state.position + n > state.capacity)
     fail("the key/value cache holds {} positions; {} more do not fit after {}", state.capacity, n, state.position);
   if (state.position == 0 && n > 1) {
     decode_pass(eval_, state, ids, n, &last_logits);

@@ -81,13 +81,17 @@ GPTNeoXModel<Ops>::GPTNeoXModel(ModelConfig config, Ops ops, ExternalStorage)
       layout_(ParameterLayout::gpt_neox(config_)),
       segments_(gpt_neox_segments(layout_, config_)),
       ops_(std::move(ops)) {
-  if (config_.is_dijiang()) {
-    form_ = config_.dijiang.form;
+  if (config_.is_converted()) {
+    form_ = config_.attention_form();
     if (!Ops::supports(form_))
-      fail("the {} form of DiJiang attention runs on the CPU only; on {} the attention is computed in its chunkwise "
+      fail("the {} form of {} attention runs on the CPU only; on {} the attention is computed in its chunkwise "
            "form (the same function): set the model's form to chunkwise (eval --dijiang-form chunkwise, convert "
            "--form chunkwise)",
-           choice_name(form_), Ops::kName);
+           choice_name(form_), config_.attention_name(), Ops::kName);
+  }
+  if (config_.is_linear()) {
+    zero_log_gamma_ = Ops::template allocate<Param>(config_.num_heads);
+    ops_.fill_zero(zero_log_gamma_.data(), config_.num_heads);
   }
   Ops::check_config(config_);
 }
@@ -254,8 +258,10 @@ void GPTNeoXModel<Ops>::allocate_layer(LayerActivations& l, int64_t N, bool for_
   l.ln1_rstd = stat(N);
   l.ln2_mean = stat(N);
   l.ln2_rstd = stat(N);
-  l.lse = stat(dijiang ? 0 : N * H);
-  for (auto* a : {&l.sq, &l.sk}) *a = act(config_.has_feature_map() ? N * D : 0);
+  l.lse = stat(config_.is_converted() ? 0 : N * H);
+  const int64_t features = config_.is_linear() ? N * H * config_.linear_features() : config_.has_feature_map() ? N * D : 0;
+  for (auto* a : {&l.sq, &l.sk}) *a = act(features);
+  for (auto* a : {&l.vx, &l.ox}) *a = act(config_.is_linear() ? N * (D + H) : 0);
   for (auto* a : {&l.gate_pre, &l.gated}) *a = act(dijiang ? N * D : 0);
   for (auto* a : {&l.fq, &l.fk}) *a = act(weights ? N * D : 0);
   l.gn_mean = stat(N * groups);
@@ -271,6 +277,9 @@ void GPTNeoXModel<Ops>::allocate_scratch(Activations& a, int64_t N) {
                   &a.dres_b})
     *v = act(N * D);
   for (auto* v : {&a.dfeature, &a.nd_d}) *v = act(dijiang ? N * D : 0);
+  const bool linear = config_.is_linear();
+  for (auto* v : {&a.dfq_x, &a.dfk_x}) *v = act(linear ? N * config_.num_heads * config_.linear_features() : 0);
+  for (auto* v : {&a.dox, &a.dvx}) *v = act(linear ? N * (D + config_.num_heads) : 0);
   a.final_mean = Ops::template allocate<Stat>(N);
   a.final_rstd = Ops::template allocate<Stat>(N);
   a.qkv = act(N * 3 * D);
@@ -412,7 +421,7 @@ LossSum GPTNeoXModel<Ops>::evaluate(const int32_t* ids, int64_t batch, int64_t s
 
 template <class Ops>
 double GPTNeoXModel<Ops>::transfer(const int32_t* ids, int64_t batch, int64_t seq, double gradient_weight) {
-  if (!config_.is_dijiang())
+  if (!config_.is_converted())
     fail("attention transfer trains converted attention, but the model has softmax attention");
   Activations& a = acts_;
   prepare(a, ids, batch, seq, true, batch * seq);
@@ -475,9 +484,9 @@ double GPTNeoXModel<Ops>::transfer(const int32_t* ids, int64_t batch, int64_t se
       else
         ops_.add(out, la.mid.data(), a.nd_b.data(), N * D);
     }
-    // The student: DiJiang's attention of the same LayerNorm output, then its loss and backward.
-    dijiang_core_forward(a, la, l, la.ln1.data());
-    ops_.linear_forward(a.nd_a.data(), la.gated.data(), p(pre + "attention.dense.weight"),
+    // The student: the converted attention of the same LayerNorm output, then its loss and backward.
+    const Act* dense_input = converted_core_forward(a, la, l, la.ln1.data());
+    ops_.linear_forward(a.nd_a.data(), dense_input, p(pre + "attention.dense.weight"),
                         bias ? p(pre + "attention.dense.bias") : nullptr, N, D, D);
     total += ops_.squared_error(a.nd_a.data(), a.nd_a.data(), a.teacher.data(), N * D, grad_scale) / values;
     hold_gradients(l + 1);
@@ -565,9 +574,8 @@ void GPTNeoXModel<Ops>::attention_forward(Activations& s, LayerActivations& a, i
   DecodeState* const dec = s.decoding;
   const int64_t pos = dec != nullptr ? dec->position : 0;
   const Act* dense_input = a.merged.data();
-  if (config_.is_dijiang()) {
-    dijiang_core_forward(s, a, l, ln_out);
-    dense_input = a.gated.data();
+  if (config_.is_converted()) {
+    dense_input = converted_core_forward(s, a, l, ln_out);
   } else {
     const double scale = 1.0 / std::sqrt(static_cast<double>(d));
     if (dec != nullptr) {
@@ -587,6 +595,47 @@ void GPTNeoXModel<Ops>::attention_forward(Activations& s, LayerActivations& a, i
   }
   ops_.linear_forward(attn_out, dense_input, p(pre + "attention.dense.weight"),
                       bias ? p(pre + "attention.dense.bias") : nullptr, N, D, D);
+}
+
+template <class Ops>
+const typename Ops::Act* GPTNeoXModel<Ops>::converted_core_forward(Activations& s, LayerActivations& a, int64_t l,
+                                                                   const Act* ln_out) {
+  if (config_.is_linear()) {
+    linear_core_forward(s, a, l);
+    return a.merged.data();
+  }
+  dijiang_core_forward(s, a, l, ln_out);
+  return a.gated.data();
+}
+
+// A normalised linear-attention baseline (docs/method.md, section 8): o_i = Σ_{j<=i} ⟨φ(q_i), φ(k_j)⟩ v_j /
+// Σ_{j<=i} ⟨φ(q_i), φ(k_j)⟩, both from one pass of the decayed-attention kernels with γ = 1 over [v, 1].
+template <class Ops>
+void GPTNeoXModel<Ops>::linear_core_forward(Activations& s, LayerActivations& a, int64_t l) {
+  const int64_t B = s.batch, S = s.seq, H = config_.num_heads, d = config_.head_dim(), BH = B * H;
+  const int64_t m = config_.linear_features();
+  const LinearOptions& o = config_.linear;
+  DecodeState* const dec = s.decoding;
+  const int64_t pos = dec != nullptr ? dec->position : 0;
+  const Param* P = o.feature_map == cpu::LinearFeatureMap::Performer ? pm(layer_prefix(l) + "attention.proj_matrix")
+                                                                      : nullptr;
+  ops_.linear_feature_forward(a.sq.data(), a.q.data(), P, o.feature_map, true, BH, S, d, pos,
+                              config_.max_position_embeddings);
+  ops_.linear_feature_forward(a.sk.data(), a.k.data(), P, o.feature_map, false, BH, S, d, pos,
+                              config_.max_position_embeddings);
+  ops_.append_ones(a.vx.data(), a.v.data(), BH * S, d);
+  const Param* log_gamma = zero_log_gamma_.data();
+  if (dec == nullptr || pos == 0)
+    ops_.decay_attention_forward(a.ox.data(), a.sq.data(), a.sk.data(), a.vx.data(), log_gamma, BH, H, S, m, d + 1,
+                                 form_, o.chunk);
+  if (dec != nullptr && pos == 0)
+    ops_.decay_attention_prefill_state(dec->states[static_cast<size_t>(l)].data(), a.sk.data(), a.vx.data(), log_gamma,
+                                       BH, H, S, m, d + 1, o.chunk);
+  else if (dec != nullptr)
+    ops_.decay_attention_step(a.ox.data(), dec->states[static_cast<size_t>(l)].data(), a.sq.data(), a.sk.data(),
+                              a.vx.data(), log_gamma, BH, H, m, d + 1);
+  ops_.normalize_rows_forward(a.attn.data(), a.ox.data(), BH * S, d);
+  ops_.merge_heads(a.merged.data(), a.attn.data(), B, S, H, d);
 }
 
 // φ(q), φ(k) = softmax(q·P), softmax(k·P) [⊙ w] (or q, k [⊙ w] without a feature map, the

@@ -143,6 +143,8 @@ ParameterLayout ParameterLayout::gpt_neox(const ModelConfig& c) {
       layout.add(p + "attention.log_gamma", {H}, c.dijiang.learnable_decay);
       if (c.dijiang.feature_weights) layout.add(p + "attention.feature_weights", {H, d});
     }
+    if (c.is_linear() && c.linear.feature_map == cpu::LinearFeatureMap::Performer)
+      layout.add(p + "attention.proj_matrix", {c.head_dim(), c.head_dim()}, false);
     layout.add(p + "mlp.dense_h_to_4h.weight", {F, D});
     layout.add(p + "mlp.dense_h_to_4h.bias", {F});
     layout.add(p + "mlp.dense_4h_to_h.weight", {D, F});

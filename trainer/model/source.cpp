@@ -154,26 +154,57 @@ TensorMap validated_tensors(const ModelSource& source, DType dtype) {
 
 namespace {
 
-// Checks the softmax source and gives it the DiJiang config; the caller adds the tensors.
+// Checks the softmax source and gives it the converted attention's config; the caller adds the
+// tensors.
 template <class Source>
-void start_conversion(Source& source, const DiJiangOptions& options) {
-  if (source.config.is_dijiang()) fail("{} already has DiJiang attention", source.path.string());
+void start_conversion(Source& source, const ModelConfig& target) {
+  if (source.config.is_converted())
+    fail("{} already has {} attention", source.path.string(), source.config.attention_name());
   check_tensors(ParameterLayout::gpt_neox(source.config), source.config, source.tensors, source.path.string());
-  source.config.attention = AttentionKind::DiJiang;
-  source.config.dijiang = options;
+  source.config.attention = target.attention;
+  source.config.dijiang = target.dijiang;
+  source.config.linear = target.linear;
+}
+
+ModelConfig dijiang_target(const DiJiangOptions& options) {
+  ModelConfig c;
+  c.attention = AttentionKind::DiJiang;
+  c.dijiang = options;
+  return c;
+}
+
+ModelConfig linear_target(const LinearOptions& options) {
+  ModelConfig c;
+  c.attention = AttentionKind::Linear;
+  c.linear = options;
+  return c;
+}
+
+void add_planned(StoredModelSource& source) {
+  for (auto& [name, planned] : dijiang_tensor_plan(source.config, DType::F64))
+    source.tensors.insert_or_assign(name, StoredTensor::made_by(planned.dtype, planned.shape, planned.make));
 }
 
 }  // namespace
 
 void convert_to_dijiang(ModelSource& source, const DiJiangOptions& options) {
-  start_conversion(source, options);
+  start_conversion(source, dijiang_target(options));
   add_dijiang_tensors(source.tensors, source.config, DType::F64);
 }
 
 void convert_to_dijiang(StoredModelSource& source, const DiJiangOptions& options) {
-  start_conversion(source, options);
-  for (auto& [name, planned] : dijiang_tensor_plan(source.config, DType::F64))
-    source.tensors.insert_or_assign(name, StoredTensor::made_by(planned.dtype, planned.shape, planned.make));
+  start_conversion(source, dijiang_target(options));
+  add_planned(source);
+}
+
+void convert_to_linear(ModelSource& source, const LinearOptions& options) {
+  start_conversion(source, linear_target(options));
+  add_dijiang_tensors(source.tensors, source.config, DType::F64);
+}
+
+void convert_to_linear(StoredModelSource& source, const LinearOptions& options) {
+  start_conversion(source, linear_target(options));
+  add_planned(source);
 }
 
 }  // namespace dj

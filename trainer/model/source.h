@@ -56,5 +56,9 @@ TensorPlan validated_plan(const StoredModelSource& source, DType dtype);
 // For a stored source the new tensors are made when read.
 void convert_to_dijiang(ModelSource& source, const DiJiangOptions& options);
 void convert_to_dijiang(StoredModelSource& source, const DiJiangOptions& options);
+// The same for a normalised linear-attention baseline (performer, cosformer, elu): the config
+// becomes attention_kind linear with `options`, and the performer's layers gain proj_matrix.
+void convert_to_linear(ModelSource& source, const LinearOptions& options);
+void convert_to_linear(StoredModelSource& source, const LinearOptions& options);
 
 }  // namespace dj

@@ -25,7 +25,8 @@ int64_t layer_bytes(const ModelConfig& c, int64_t N, int64_t act, bool training)
   int64_t values = (training ? 8 : 7) * D + 2 * F;  // input (training), ln1, q, k, v, attn, merged, ln2; gelu in/out
   if (!c.use_parallel_residual) values += D;        // mid
   if (dijiang) values += (c.has_feature_map() ? 4 : 2) * D + (weights ? 2 * D : 0);
-  int64_t stats = 4 + (dijiang ? 2 * c.group_norm_groups() : H);
+  if (c.is_linear()) values += 2 * H * c.linear_features() + 2 * (D + H);  // sq, sk; vx, ox
+  int64_t stats = 4 + (dijiang ? 2 * c.group_norm_groups() : c.is_linear() ? 0 : H);
   return N * (values * act + stats * kFloat);
 }
 
@@ -34,6 +35,7 @@ int64_t training_bytes(const ModelConfig& c, int64_t N, int64_t act) {
   const int64_t D = c.hidden_size, F = c.intermediate_size, V = c.vocab_size;
   const bool dijiang = c.is_dijiang();
   int64_t scratch = (11 + (dijiang ? 2 : 0) + 3) * D + F + V;  // residual and gradient scratch, qkv, nf, logits
+  if (c.is_linear()) scratch += 2 * c.num_heads * c.linear_features() + 2 * (D + c.num_heads);  // dfq_x, dfk_x; dox, dvx
   return c.num_layers * layer_bytes(c, N, act, true) + N * (scratch * act + 2 * kFloat + 2 * kInt);
 }
 
@@ -87,7 +89,7 @@ RankMemory plan_rank_memory(const MemoryPlanInput& in, int rank) {
     m.workspace = kBlasWorkspace + std::max(tokens, in.micro_batch * (in.seq_len + 1)) * kDouble +
                   rotary_pairs * kDouble;
     // The softmax teacher's attention backward keeps one fp32 value per (sequence, head, token).
-    if (!c.is_dijiang()) m.workspace += sequences * c.num_heads * in.seq_len * kFloat;
+    if (!c.is_converted()) m.workspace += sequences * c.num_heads * in.seq_len * kFloat;
     // Head sizes above 128 (kernels/cuda/dijiang_attention.h): the feature map streams a prepared
     // copy of P (256 KB), and in bf16 the decay attention's backward, which runs in two passes over
     // 128-wide column blocks, keeps the first pass's fp32 partial sums of dfq, dfk and dv
@@ -96,6 +98,11 @@ RankMemory plan_rank_memory(const MemoryPlanInput& in, int rank) {
       m.workspace += int64_t{256} << 10;
       if (bf16) m.workspace += tokens * 3 * c.hidden_size * kFloat;
     }
+    // The baselines' decayed attention runs at m features and d + 1 value columns: above 128 the
+    // bf16 backward keeps its first pass's fp32 partial sums of dfq, dfk and dv likewise.
+    const int64_t m_features = c.is_linear() ? c.linear_features() : 0;
+    if (c.is_linear() && bf16 && std::max(m_features, c.head_dim() + 1) > 128)
+      m.workspace += tokens * c.num_heads * (2 * m_features + c.head_dim() + 1) * kFloat;
   } else if (c.is_dijiang()) {
     // The fused GroupNorm + gate backward recomputes GroupNorm into a temporary.
     m.workspace = tokens * c.hidden_size * act;

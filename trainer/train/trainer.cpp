@@ -176,7 +176,7 @@ class Run {
     const int64_t largest = (global + world_ - 1) / world_;
     const int64_t micro_batches = std::max<int64_t>(1, (largest + e_.micro_batch - 1) / e_.micro_batch);
     spdlog::info("model: {} layers, hidden {}, {} attention, {:.2f}M parameters", c.num_layers, c.hidden_size,
-                 !c.is_dijiang() ? "softmax" : c.has_feature_map() ? "DiJiang" : "RetNet-style",
+                 c.attention_name(),
                  static_cast<double>(c.parameter_count()) / 1e6);
     spdlog::info("data: {} samples of {} tokens; {} sequences ({} tokens) per step; steps {} -> {}",
                  batches_->samples(), T, global, e_.tokens_per_step(), step_, e_.steps);
@@ -290,7 +290,7 @@ class Run {
     source.path = path;
     source.hf_config = json;
     source.config = ModelConfig::from_hf_json(json, path.string());
-    if (source.config.is_dijiang()) fail("{}: a config to train from scratch must have softmax attention", path.string());
+    if (source.config.is_converted()) fail("{}: a config to train from scratch must have softmax attention", path.string());
     for (auto& [name, tensor] : initial_tensors(source.config, e_.seed))
       source.tensors.emplace(name, StoredTensor::in_memory(std::move(tensor)));
     if (rank_ == 0) spdlog::info("initialised a fresh model from {} (seed {})", path.string(), e_.seed);
@@ -299,19 +299,32 @@ class Run {
 
   template <class Source>
   void prepare_attention(Source& source) {
-    if (e_.attention == TargetAttention::Softmax && source.config.is_dijiang())
-      fail("model.attention is softmax but {} has DiJiang attention", source.path.string());
-    if (e_.converts_attention() && !source.config.is_dijiang()) {
-      const DiJiangOptions options = e_.conversion_options();
-      convert_to_dijiang(source, options);
-      if (rank_ == 0)
-        spdlog::info("converted {} to {} attention (projection {}, sampling {}, seed {})", source.path.string(),
-                     choice_name(e_.attention), choice_name(options.projection), choice_name(options.sampling),
-                     options.seed);
-    } else if (e_.converts_attention() &&
-               (source.config.dijiang.projection == FeatureProjection::None) != (e_.attention == TargetAttention::RetNet)) {
-      fail("model.attention is {} but {} has {} attention", choice_name(e_.attention), source.path.string(),
-           source.config.has_feature_map() ? "DiJiang (a feature map)" : "RetNet-style (no feature map)");
+    if (e_.attention == TargetAttention::Softmax && source.config.is_converted())
+      fail("model.attention is softmax but {} has {} attention", source.path.string(), source.config.attention_name());
+    if (e_.converts_attention() && !source.config.is_converted()) {
+      if (e_.converts_to_linear()) {
+        const LinearOptions options = e_.linear_options();
+        convert_to_linear(source, options);
+        if (rank_ == 0)
+          spdlog::info("converted {} to {} attention (normalised linear attention, seed {})", source.path.string(),
+                       choice_name(e_.attention), options.seed);
+      } else {
+        const DiJiangOptions options = e_.conversion_options();
+        convert_to_dijiang(source, options);
+        if (rank_ == 0)
+          spdlog::info("converted {} to {} attention (projection {}, sampling {}, seed {})", source.path.string(),
+                       choice_name(e_.attention), choice_name(options.projection), choice_name(options.sampling),
+                       options.seed);
+      }
+    } else if (e_.converts_attention()) {
+      // A converted source continues only as what it is.
+      ModelConfig target;
+      target.attention = e_.converts_to_linear() ? AttentionKind::Linear : AttentionKind::DiJiang;
+      target.linear = e_.linear_options();
+      target.dijiang = e_.conversion_options();
+      if (target.attention_name() != source.config.attention_name())
+        fail("model.attention is {} but {} has {} attention", choice_name(e_.attention), source.path.string(),
+             source.config.attention_name());
     }
   }
 
@@ -330,9 +343,12 @@ class Run {
       state_ = make_cpu_training_state(config, stage, comm_);
     }
     for (const Stage& s : e_.stages)
-      if (s.loss == StageLoss::AttentionTransfer && !config.is_dijiang())
+      if (s.loss == StageLoss::AttentionTransfer && !config.is_converted())
         fail("stage '{}' is attention_transfer, but the model has softmax attention: set model.attention to dijiang "
-             "or retnet to convert it", s.name);
+             "(or another conversion) to convert it", s.name);
+      else if (s.train == StageTrains::Added && config.is_linear())
+        fail("stage '{}' trains only the tensors the conversion added, but {} attention adds none that train: use "
+             "train: added_qk or all", s.name, config.attention_name());
     build_masks(e_.stages.front());
     state_->set_masks(decay_, update_);
   }
@@ -355,7 +371,7 @@ class Run {
     state_->set_distillation_teacher(source.config, source.tensors, path.string());
     if (rank_ == 0)
       spdlog::info("distillation: the teacher is {} ({} attention, {:.2f}M parameters, whole on every rank)",
-                   path.string(), source.config.is_dijiang() ? "converted" : "softmax",
+                   path.string(), source.config.attention_name(),
                    static_cast<double>(source.config.parameter_count()) / 1e6);
   }
 
