@@ -3,7 +3,7 @@
 # has, each with and without an attention-transfer stage, at 1/16 of the teacher's training
 # tokens, and their validation perplexity and zero-shot scores side by side.
 #
-#   launch/table2.sh [OUT]        (default runs/table2; about an hour on 2 cores)
+#   launch/table2.sh [OUT]        (default runs/table2; about 2.5 hours on 2 cores for every method)
 #
 #  1. the shipped corpus (data/corpus, Vim documentation) is tokenized as in launch/demo.sh and
 #     the demo's softmax teacher (configs/demo/teacher.yaml, 400 steps of 8 x 128 tokens) is
